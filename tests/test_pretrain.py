@@ -1,0 +1,118 @@
+"""Pretraining and the shared plumbing: training, resume, DDP, atomic checkpoints, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+import common
+import train_pretrain
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
+        "--vocab-size", "300", "--eval-interval", "10", "--eval-iters", "2", "--warmup-iters", "2",
+        "--lr", "3e-3", "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.fixture
+def corpus(tmp_path, corpus_text):
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus_text[:60_000])
+    return path
+
+
+def run(tmp_path, corpus, *flags):
+    train_pretrain.main(["--data", str(corpus), "--out", str(tmp_path / "pretrain.pt"), *TINY, *flags])
+    log = [json.loads(line) for line in open(tmp_path / "pretrain.log.jsonl")]
+    return {r["step"]: r["loss"] for r in log if "loss" in r}, [r["val_loss"] for r in log if "val_loss" in r]
+
+
+def test_trains_and_checkpoint_is_self_contained(tmp_path, corpus):
+    losses, val = run(tmp_path, corpus, "--max-iters", "30")
+    assert val[-1] < val[0] - 0.5  # from ~ln(300) = 5.7 it must learn something
+    ckpt = torch.load(tmp_path / "pretrain.pt", map_location="cpu", weights_only=True)
+    assert ckpt["stage"] == "pretrain" and ckpt["step"] == 30 and ckpt["config"]["n_embd"] == 32
+    model, tok, _ = common.load_model(str(tmp_path / "pretrain.pt"))
+    assert tok.n_vocab == model.config.vocab_size == 300
+    assert tok.decode(tok.encode("the Congress")) == "the Congress"
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, monkeypatch):
+    # Run 40 steps, keeping a copy of the checkpoint written at step 20 as if the run died there.
+    saved = common.save_checkpoint
+
+    def save_and_keep(path, **kw):
+        saved(path, **kw)
+        if kw["step"] == 20:
+            saved(str(tmp_path / "resumed.pt"), **kw)
+    monkeypatch.setattr(train_pretrain, "save_checkpoint", save_and_keep)
+    full, full_val = run(tmp_path, corpus, "--max-iters", "40")
+    monkeypatch.setattr(train_pretrain, "save_checkpoint", saved)
+    train_pretrain.main(["--data", str(corpus), "--out", str(tmp_path / "resumed.pt"), *TINY,
+                         "--max-iters", "40", "--resume"])
+    log = [json.loads(line) for line in open(tmp_path / "resumed.log.jsonl")]
+    resumed = {r["step"]: r["loss"] for r in log if "loss" in r}
+    assert sorted(resumed) == [30, 40]
+    for step in (30, 40):
+        assert resumed[step] == pytest.approx(full[step], abs=1e-5)
+    assert log[-1]["val_loss"] == pytest.approx(full_val[-1], abs=1e-5)
+
+
+def test_two_process_torchrun(tmp_path, corpus):
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train_pretrain.py"), "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout and result.stdout.count("val loss") == 1  # rank 0 alone prints
+    assert sorted(p.name for p in tmp_path.glob("ddp*")) == ["ddp.log.jsonl", "ddp.pt"]
+    assert torch.load(out, weights_only=True)["step"] == 10
+
+
+KILLER = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from common import save_checkpoint
+from gpt import GPT, GPTConfig
+from tokenizer import Tokenizer
+tok = Tokenizer.load({tok!r})
+model = GPT(GPTConfig(vocab_size=tok.n_vocab, n_layer=4, n_embd=256))
+step = 0
+while True:
+    step += 1
+    save_checkpoint({out!r}, stage="pretrain", model=model, tokenizer=tok, step=step)
+    print(step, flush=True)
+"""
+
+
+def test_killed_during_save_leaves_previous_checkpoint_loadable(tmp_path, tiny_tok):
+    tiny_tok.save(tmp_path / "tok.json")
+    out = tmp_path / "ckpt.pt"
+    script = KILLER.format(root=str(ROOT), tok=str(tmp_path / "tok.json"), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "1"  # one whole checkpoint exists
+    proc.stdout.readline()
+    proc.kill()  # SIGKILL, most likely in the middle of torch.save of the next one
+    proc.wait()
+    ckpt = common.load_checkpoint(str(out))
+    assert ckpt["step"] >= 2 and ckpt["stage"] == "pretrain"
+
+
+def test_bad_input_is_one_clear_error(tmp_path, corpus, capsys):
+    cases = [
+        (["--data", str(tmp_path / "missing.txt")], "no such file"),
+        (["--data", str(tmp_path / "empty.txt")], "empty"),
+        (["--data", str(tmp_path / "short.txt")], "too short"),
+        (["--data", str(corpus), "--device", "tpu"], "unknown device"),
+        (["--data", str(corpus), "--resume", "--out", str(tmp_path / "not_a_ckpt.pt")], "not a checkpoint"),
+    ]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "short.txt").write_text("A few words of text. " * 20)
+    (tmp_path / "not_a_ckpt.pt").write_text("hello")
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as e:
+            train_pretrain.main([*TINY, "--out", str(tmp_path / "p.pt"), *flags])
+        assert str(e.value).startswith("error: ") and message in str(e.value), (flags, e.value)

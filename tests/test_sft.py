@@ -1,0 +1,77 @@
+"""SFT: the chat template, the response-only loss mask, the JSONL formats, a tiny run."""
+import json
+
+import pytest
+import torch
+
+from conftest import make_checkpoint
+import data
+import train_sft
+
+
+def test_loss_mask_covers_exactly_the_response_and_end(tiny_tok):
+    sp = tiny_tok.special_tokens
+    enc = tiny_tok.to_tiktoken().encode_ordinary
+    ids, targets = data.encode_example(tiny_tok, "Say hi.", "Hi there.")
+    prompt = [sp["<|user|>"]] + enc("Say hi.") + [sp["<|assistant|>"]]
+    response = enc("Hi there.") + [sp["<|end|>"]]
+    assert ids == prompt + response
+    # targets[t] is the token after position t; only response tokens (and <|end|>) are trained on
+    assert targets == [-1] * (len(prompt) - 1) + response + [-1]
+    trained = [ids[t + 1] for t in range(len(ids) - 1) if targets[t] != -1]
+    assert trained == response
+
+
+def test_user_text_cannot_inject_control_tokens(tiny_tok):
+    ids = data.encode_prompt(tiny_tok, "stop<|end|>now")
+    assert ids.count(tiny_tok.special_tokens["<|end|>"]) == 0
+    assert tiny_tok.decode(ids[1:-1]) == "stop<|end|>now"
+
+
+def test_collate_masks_padding_out_of_the_loss(tiny_tok):
+    rows = [data.encode_example(tiny_tok, "Hi.", "A long answer here."), data.encode_example(tiny_tok, "Hi.", "Ok.")]
+    x, y, mask = train_sft.collate(rows, "cpu")
+    n_pad = x.shape[1] - len(rows[1][0])
+    assert not mask[1, :n_pad].any() and mask[1, n_pad:].all()
+    assert (y[1, :n_pad] == -1).all() and y[1, n_pad:].tolist() == rows[1][1]
+
+
+def test_alpaca_and_plain_records(tmp_path):
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps({"instruction": "Summarize.", "input": "Some text.", "output": "Short."}) + "\n"
+                    + json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi."}) + "\n\n"
+                    + json.dumps({"prompt": "P", "response": "R"}) + "\n")
+    assert data.load_demonstrations(str(path)) == [("Summarize.\n\nSome text.", "Short."), ("Say hi.", "Hi."), ("P", "R")]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "a", "response": ', "demos.jsonl:2: not valid JSON"),
+    ('["a", "b"]', "demos.jsonl:2: expected a JSON object"),
+    ('{"prompt": "a"}', "demos.jsonl:2: field 'response' must be a string"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "demos.jsonl"
+    path.write_text('{"prompt": "ok", "response": "fine"}\n' + line + "\n")
+    with pytest.raises(SystemExit) as e:
+        data.load_demonstrations(str(path))
+    assert message in str(e.value)
+
+
+def test_tiny_sft_run_learns_the_demonstrations(tmp_path, tiny_tok):
+    init = make_checkpoint(tmp_path / "pretrain.pt", "pretrain", tiny_tok, n_layer=2, n_embd=64)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Count to {n}.", "response": " ".join(map(str, range(1, n + 1)))}) + "\n"
+                             for n in range(1, 9)) * 4)
+    train_sft.main(["--init", init, "--data", str(demos), "--out", str(tmp_path / "sft.pt"), "--max-iters", "60",
+                    "--eval-interval", "30", "--batch-size", "8", "--lr", "3e-3", "--eval-samples", "4",
+                    "--max-new-tokens", "8", "--device", "cpu", "--precision", "fp32"])
+    log = [json.loads(line) for line in open(tmp_path / "sft.log.jsonl") if "val_loss" in line]
+    assert log[-1]["val_loss"] < 0.5 * log[0]["val_loss"]
+    ckpt = torch.load(tmp_path / "sft.pt", weights_only=True)
+    assert ckpt["stage"] == "sft" and ckpt["step"] == 60
+
+
+def test_sft_refuses_a_reward_model(tmp_path, tiny_tok):
+    init = make_checkpoint(tmp_path / "rm.pt", "rm", tiny_tok)
+    with pytest.raises(SystemExit, match="is a 'rm' checkpoint, expected pretrain or sft"):
+        train_sft.main(["--init", init, "--device", "cpu"])
