@@ -1,0 +1,231 @@
+"""A local web page where a person ranks a model's samples: InstructGPT's human feedback (step 2).
+
+    python label.py --ckpt out/sft.pt --out data/rankings.jsonl    # open the printed URL
+    python train_rm.py --data data/rankings.jsonl                  # train the reward model on them
+
+The page shows one prompt (labeler.train_prompts(), or --prompts file.jsonl) and K sampled responses in
+random order. The person orders them best..worst and submits; each ranking becomes one line
+{"prompt", "responses": [best, ..., worst]} of --out, appended with a single write under a lock, then
+flushed and fsync'd: a crash never leaves half a line and concurrent submissions never interleave.
+--rate B.pt: a blind comparison instead, one answer from --ckpt and one from B.pt side by side
+(K = 2); each line also gets "models": [winner, loser] and the page shows the running win count.
+The server is the standard library's, bound to 127.0.0.1 unless --host says otherwise.
+"""
+import argparse
+import json
+import os
+import random
+import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label.html")
+
+
+class LabelServer(ThreadingHTTPServer):
+    """Hands out prompts with K responses (from sample(prompt, k) -> list of k strings), checks the
+    rankings that come back, and appends them to `out`. `names` (rate mode): which model wrote each of
+    the sample's responses."""
+    daemon_threads = True
+
+    def __init__(self, address, sample, prompts, out, k=4, names=None, seed=0):
+        super().__init__(address, Handler)
+        self.sample, self.out, self.k, self.names = sample, out, k, names
+        self.prompts = random.Random(seed).sample(list(prompts), len(prompts))
+        self.rng, self.n_drawn, self.issued = random.Random(seed), 0, {}   # id -> (prompt, shown, source)
+        self.lock = threading.Lock()   # guards the above, the counts and the file
+        self.count, self.wins = 0, {n: 0 for n in names or []}
+        if os.path.isfile(out) and os.path.getsize(out):   # go on counting what is already there
+            with open(out, "rb") as f:
+                lines = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+            self.count = len(lines)
+            for rec in lines:
+                try:
+                    self.wins[rec["models"][0]] += 1
+                except (KeyError, IndexError, TypeError):   # not a rating of these two models
+                    pass
+        with open(PAGE, "rb") as f:
+            self.page = f.read()
+
+    def next_item(self):
+        """A new prompt with K distinct responses, shown in random order, under a fresh id."""
+        for _ in range(10):   # identical responses cannot be ranked: try the next prompt
+            with self.lock:
+                prompt = self.prompts[self.n_drawn % len(self.prompts)]
+                self.n_drawn += 1
+            responses = list(self.sample(prompt, self.k))
+            if len(responses) == self.k and len(set(responses)) == self.k:
+                break
+        else:
+            raise RuntimeError("the sampler keeps giving identical responses (try a higher --temperature)")
+        with self.lock:
+            source = self.rng.sample(range(self.k), self.k)   # position on the page says nothing
+            item_id = secrets.token_hex(8)
+            self.issued[item_id] = (prompt, [responses[i] for i in source], source)
+            while len(self.issued) > 1000:   # pages opened and left: forget the oldest
+                del self.issued[next(iter(self.issued))]
+            return {"id": item_id, "prompt": prompt, "responses": self.issued[item_id][1],
+                    "count": self.count, "wins": dict(self.wins)}
+
+    def submit(self, body):
+        """Check {"id": ..., "ranking": [indices of the shown responses, best first]} and append it.
+        Returns (HTTP status, reply)."""
+        try:
+            msg = json.loads(body)
+        except (ValueError, RecursionError):   # UnicodeDecodeError is a ValueError
+            return 400, {"error": "the body is not JSON"}
+        if not isinstance(msg, dict) or not isinstance(msg.get("id"), str) or not isinstance(msg.get("ranking"), list):
+            return 400, {"error": 'expected {"id": "...", "ranking": [best, ..., worst]}'}
+        ranking = msg["ranking"]
+        with self.lock:
+            if msg["id"] not in self.issued:
+                return 404, {"error": "unknown prompt id (never issued, or already ranked)"}
+            prompt, shown, source = self.issued[msg["id"]]
+            if not all(type(i) is int for i in ranking) or sorted(ranking) != list(range(len(shown))):
+                return 400, {"error": f"the ranking must hold each index 0..{len(shown) - 1} exactly once"}
+            record = {"prompt": prompt, "responses": [shown[i] for i in ranking]}
+            if self.names:
+                record["models"] = [self.names[source[i]] for i in ranking]
+            append_line(self.out, json.dumps(record, ensure_ascii=False))
+            del self.issued[msg["id"]]
+            self.count += 1
+            if self.names:
+                self.wins[record["models"][0]] += 1
+            return 200, {"count": self.count, "wins": dict(self.wins)}
+
+
+def append_line(path, line):
+    """One whole line with one write() on an O_APPEND file, then fsync. A short write (disk full) is
+    cut off again, so the file only ever holds complete lines."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if os.write(fd, data) != len(data):
+            os.ftruncate(fd, size)
+            raise OSError(f"{path}: short write (disk full?)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def reply(self, status, body, kind="application/json"):
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/":
+            return self.reply(200, self.server.page, "text/html; charset=utf-8")
+        if self.path == "/api/next":
+            return self.reply(*self.safely(self.server.next_item))
+        self.reply(404, {"error": "not found"})
+
+    def do_POST(self):
+        if self.path != "/api/submit":
+            return self.reply(404, {"error": "not found"})
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            return self.reply(411, {"error": "Content-Length needed"})
+        if int(length) > MAX_BODY:
+            self.rfile.read(min(int(length), 16 * MAX_BODY))   # drain, so the client reads our answer
+            return self.reply(413, {"error": f"body over {MAX_BODY} bytes"})
+        body = self.rfile.read(int(length))
+        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            return self.reply(415, {"error": "Content-Type must be application/json"})
+        status, reply = self.server.submit(body)
+        if status == 200:   # saved; the next prompt comes with the answer (the page asks again if none)
+            code, item = self.safely(self.server.next_item)
+            reply["next"] = item if code == 200 else None
+        self.reply(status, reply)
+
+    def safely(self, make):
+        """(200, make()), or (500, the error) when the sampler fails: the page says so, we keep serving."""
+        try:
+            return 200, make()
+        except Exception as e:
+            return 500, {"error": f"{type(e).__name__}: {e}"}
+
+    def log_message(self, *args):   # no line per request in the person's terminal
+        pass
+
+
+def model_sampler(path, args, device):
+    """sample(prompt, k): k responses of the checkpoint at `path`, one generation at a time."""
+    from common import POLICY_STAGES, load_model, sample_responses
+    model, tok, _ = load_model(path, POLICY_STAGES, device, flag="--ckpt" if path == args.ckpt else "--rate")
+    lock, calls = threading.Lock(), [0]
+
+    def sample(prompt, k):
+        with lock:   # the server's threads share one model
+            calls[0] += 1
+            ids, _ = sample_responses(model, tok, [prompt] * k, args.max_new_tokens, args.temperature,
+                                      args.top_k, seed=args.seed + calls[0], device=device)
+        return [tok.decode(r) for r in ids]
+    return sample
+
+
+def main(argv=None):
+    from common import fail, pick_device
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", default="out/sft.pt", help="policy checkpoint to sample from")
+    p.add_argument("--out", default="", help="JSONL to append to (default data/rankings.jsonl, "
+                                            "--rate: out/ratings.jsonl)")
+    p.add_argument("--prompts", default="", help='JSONL of {"prompt"} (default: labeler.train_prompts())')
+    p.add_argument("--rate", default="", metavar="CKPT", help="compare --ckpt with this checkpoint instead")
+    p.add_argument("--k", type=int, default=4, help="responses per prompt, 2..9 (keys 1..9 pick them)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    if not 2 <= args.k <= 9:
+        fail(f"--k {args.k}: must be 2..9")
+    if args.prompts:
+        from data import load_prompts
+        if not os.path.isfile(args.prompts):
+            fail(f"--prompts {args.prompts}: no such file")
+        prompts = load_prompts(args.prompts)
+    else:
+        import labeler
+        prompts = labeler.train_prompts()
+    out = args.out or ("out/ratings.jsonl" if args.rate else "data/rankings.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if os.path.isfile(out) and os.path.getsize(out):
+        with open(out, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read() != b"\n":
+                fail(f"--out {out}: the last line is incomplete; fix or move the file first")
+    device = pick_device(args.device)
+    sample, names = model_sampler(args.ckpt, args, device), None
+    if args.rate:   # one answer from each model; the server shuffles them on the page
+        a, b = sample, model_sampler(args.rate, args, device)
+        sample, names, args.k = (lambda prompt, k: a(prompt, 1) + b(prompt, 1)), [args.ckpt, args.rate], 2
+    try:
+        server = LabelServer((args.host, args.port), sample, prompts, out, args.k, names, args.seed)
+    except OSError as e:
+        fail(f"--host {args.host} --port {args.port}: cannot listen ({e.strerror})")
+    except ValueError as e:
+        fail(f"--out {out}: not a JSON Lines file ({e})")
+    host, port = server.server_address[:2]
+    print(f"labeling at http://{host}:{port}/  ({len(prompts)} prompts, appending to {out}; Ctrl-C stops)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    print(f"{server.count} lines in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""chat.py: --prompt mode, the context trimmed at block_size, user text never a control token."""
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, make_checkpoint
+
+import chat
+from data import encode_prompt
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, tiny_tok):   # block_size 64
+    return make_checkpoint(tmp_path_factory.mktemp("chat") / "ppo.pt", "ppo", tiny_tok)
+
+
+def test_trim_context_exact():
+    a, b, c = [1] * 5, [2] * 7, [3, 4, 5, 6, 7, 8]   # oldest .. newest (c: the new user turn)
+    assert chat.trim_context([a, b, c], 18) == a + b + c          # all fits exactly
+    assert chat.trim_context([a, b, c], 17) == b + c              # the oldest whole turn goes
+    assert chat.trim_context([a, b, c], 13) == b + c
+    assert chat.trim_context([a, b, c], 12) == c
+    assert chat.trim_context([a, b, c], 6) == c
+    assert chat.trim_context([a, b, c], 4) == [3, 6, 7, 8]        # new turn alone too long: its first token + tail
+    assert chat.trim_context([[9, 1, 2, 3, 8]], 3) == [9, 3, 8]
+
+
+def test_user_text_is_never_a_control_token(tiny_tok):
+    sp = tiny_tok.special_tokens
+    text = "a <|end|> b <|assistant|> c <|user|><|endoftext|>"
+    ids = chat.context_for(tiny_tok, [], text, 1000)
+    assert ids[0] == sp["<|user|>"] and ids[-1] == sp["<|assistant|>"]
+    assert not set(ids[1:-1]) & set(sp.values())                 # only the template's own two specials
+    assert tiny_tok.decode(ids[1:-1]) == text
+    assert len(tiny_tok.encode(text, allowed_special="all")) < len(ids) - 2   # as specials it would be shorter
+
+
+def expected_answer(ckpt, text, seed, max_new_tokens, **sampling):
+    """What chat should print: the same sampling done by GPT.generate, cut at the first special token."""
+    from common import load_model
+    model, tok, _ = load_model(ckpt)
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    tokens, _ = model.generate([encode_prompt(tok, text)], max_new_tokens, stop_token=tok.special_tokens["<|end|>"],
+                               generator=gen, **sampling)
+    specials = set(tok.special_tokens.values())
+    cut = next((i for i, t in enumerate(tokens[0]) if t in specials), len(tokens[0]))
+    return tok.decode(tokens[0][:cut])
+
+
+@pytest.mark.parametrize("text", ["Write a cheerful sentence about the economy.", "Stop here <|end|><|user|> \u00e9\u6f22"])
+def test_prompt_mode_answers_and_exits_0(ckpt, text):
+    r = subprocess.run([sys.executable, "chat.py", "--ckpt", ckpt, "--prompt", text, "--seed", "3",
+                        "--max-new-tokens", "24", "--temperature", "1.5", "--top-k", "200", "--top-p", "0.95",
+                        "--device", "cpu"], cwd=ROOT, capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert r.returncode == 0, r.stderr.decode()
+    want = expected_answer(ckpt, text, 3, 24, temperature=1.5, top_k=200, top_p=0.95)
+    assert r.stdout.decode("utf-8") == want + "\n"    # the streamed pieces add up to the whole answer
+    assert len(want) > 0
+
+
+def test_streamed_text_holds_only_complete_characters(tiny_tok):
+    """A character split over two tokens is printed once both have arrived, never as U+FFFD."""
+    ids = tiny_tok.to_tiktoken().encode_ordinary("\u6f22\u5b57 ok")
+    assert len(ids) > 2   # the tiny tokenizer has no merges for these: one byte per token
+
+    class Replay:   # a "model" that streams fixed tokens
+        def stream(self, context, *args, **kwargs):
+            yield from ids
+    pieces = []
+    args = chat.argparse.Namespace(max_new_tokens=10, temperature=1.0, top_k=None, top_p=None)
+    assert chat.answer(Replay(), tiny_tok, [1], args, None, pieces.append) == ids
+    assert "".join(pieces) == "\u6f22\u5b57 ok" and "\ufffd" not in "".join(pieces)
+
+
+def test_conversation_trimmed_at_block_size_reset_and_quit(ckpt, tiny_tok, monkeypatch, capsys):
+    """Interactive mode, in-process: record every context the model is given."""
+    from gpt import GPT
+    calls, stream = [], GPT.stream
+
+    def recording_stream(self, prompt, *args, **kwargs):
+        calls.append((list(prompt), []))
+        for t in stream(self, prompt, *args, **kwargs):
+            calls[-1][1].append(t)
+            yield t
+    monkeypatch.setattr(GPT, "stream", recording_stream)
+    texts = [f"Tell me about the economy and the army, part {i}." for i in range(6)]
+    lines = texts[:4] + ["/reset"] + texts[4:] + ["/quit", "never sent"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    chat.main(["--ckpt", ckpt, "--max-new-tokens", "16", "--seed", "0", "--device", "cpu"])
+    assert len(calls) == 6                                     # /quit stopped before "never sent"
+    assert "(conversation forgotten)" in capsys.readouterr().err
+    budget, sp = 64 - 16, tiny_tok.special_tokens
+    end, specials = sp["<|end|>"], set(sp.values())
+    turns, trimmed = [], 0   # the conversation so far, one token list per turn
+    for n, (context, drawn) in enumerate(calls):
+        if n == 4:
+            turns = []                                         # /reset
+        new = encode_prompt(tiny_tok, texts[n])
+        whole = turns + [new]
+        # the context is the longest run of whole newest turns that fits in the budget
+        k = max(j for j in range(1, len(whole) + 1) if sum(map(len, whole[-j:])) <= budget)
+        assert context == [t for turn in whole[-k:] for t in turn] and len(context) <= budget
+        trimmed += k < len(whole)
+        answer = [t for t in drawn if t not in specials]
+        assert answer == drawn[:len(answer)]                  # the answer stops at the first special
+        turns.append(new + answer + [end])
+    assert trimmed >= 2                                        # old turns really were left out
+
+
+def test_bad_flags(ckpt, tmp_path, tiny_tok):
+    with pytest.raises(SystemExit, match="--max-new-tokens must be 1..61"):
+        chat.main(["--ckpt", ckpt, "--max-new-tokens", "62", "--prompt", "x"])
+    with pytest.raises(SystemExit, match="--top-p"):
+        chat.main(["--ckpt", ckpt, "--top-p", "0", "--prompt", "x"])
+    rm = make_checkpoint(tmp_path / "rm.pt", "rm", tiny_tok)
+    with pytest.raises(SystemExit, match="--ckpt .*is a 'rm' checkpoint"):
+        chat.main(["--ckpt", rm, "--prompt", "x"])

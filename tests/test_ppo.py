@@ -1,0 +1,218 @@
+"""PPO: the math against reference loops and hand-computed values, the rollout's log-probs against
+generate's, the script's errors, and a tiny end-to-end run that must raise a toy reward."""
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import train_ppo as ppo  # noqa: E402
+from gpt import GPT, GPTConfig  # noqa: E402
+
+
+def random_mask(B, T, seed=0):
+    """Left-padded rows: each row's actions are its last n columns, n in 1..T (different lengths)."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(1, T + 1, (B,), generator=g)
+    lens[0], lens[1] = 1, T  # the extremes: a one-token response and one that fills the row
+    return torch.arange(T)[None] >= (T - lens)[:, None]
+
+
+# ----------------------------------------------------------------------------- math
+def test_action_logprobs_offset_and_temperature():
+    torch.manual_seed(0)
+    logits, idx = torch.randn(2, 5, 7), torch.randint(7, (2, 5))
+    got = ppo.action_logprobs(logits, idx, temperature=0.7)
+    assert got.shape == (2, 4)
+    for b in range(2):
+        for t in range(4):  # the logits at t predict token t+1
+            p = torch.softmax(logits[b, t] / 0.7, -1)
+            assert got[b, t].item() == pytest.approx(math.log(p[idx[b, t + 1]].item()), abs=1e-5)
+    h = ppo.entropy(logits, 0.7)
+    p = torch.softmax(logits[1, 2] / 0.7, -1)
+    assert h[1, 2].item() == pytest.approx(-(p * p.log()).sum().item(), abs=1e-5)
+
+
+def gae_reference(rewards, values, gamma, lam):
+    """Eq. 16 literally, on one response: A_t = sum_l (gamma lam)^l delta_{t+l}, V after the end = 0."""
+    n = len(rewards)
+    v = values + [0.0]
+    deltas = [rewards[t] + gamma * v[t + 1] - v[t] for t in range(n)]
+    adv = [sum((gamma * lam) ** l * deltas[t + l] for l in range(n - t)) for t in range(n)]
+    return adv, [a + x for a, x in zip(adv, values)]
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8)])
+def test_gae_matches_reference_loop(gamma, lam):
+    B, T = 6, 9
+    torch.manual_seed(1)
+    mask = random_mask(B, T)
+    mask[5] = torch.arange(T) < 4  # a right-padded row too: the end can be anywhere
+    rewards, values = torch.randn(B, T), torch.randn(B, T)
+    adv, ret = ppo.gae(rewards * mask, values * mask, mask.float(), gamma, lam)
+    for b in range(B):
+        m = mask[b]
+        ref_adv, ref_ret = gae_reference(rewards[b][m].tolist(), values[b][m].tolist(), gamma, lam)
+        assert torch.allclose(adv[b][m], torch.tensor(ref_adv), atol=1e-5)
+        assert torch.allclose(ret[b][m], torch.tensor(ref_ret), atol=1e-5)
+        assert (adv[b][~m] == 0).all() and (ret[b][~m] == 0).all()
+
+
+def test_whitening_ignores_padding():
+    torch.manual_seed(2)
+    mask = random_mask(5, 8).float()
+    x = torch.randn(5, 8)
+    w = ppo.masked_whiten(x, mask)
+    real = w[mask.bool()]
+    assert real.mean().item() == pytest.approx(0, abs=1e-5)
+    assert real.pow(2).mean().item() == pytest.approx(1, abs=1e-4)
+    assert (w[~mask.bool()] == 0).all()
+    junk = x + 1000 * (1 - mask)  # whatever sits in the padding changes nothing
+    assert torch.allclose(ppo.masked_whiten(junk, mask), w, atol=1e-5)
+    assert torch.allclose(real, (x[mask.bool()] - x[mask.bool()].mean()) / x[mask.bool()].std(unbiased=False), atol=1e-4)
+
+
+def test_kl_and_score_rewards_on_the_right_positions():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 0, 0, 1]]).float()
+    logp = torch.tensor([[9., 9., -1., -2., -3.], [9., -1., -1., -1., 9.], [9., 9., 9., 9., -2.]])
+    logp_ref = torch.tensor([[0., 0., -1.5, -1., -3.], [0., -2., -1., -0.5, 0.], [0., 0., 0., 0., -1.]])
+    scores = torch.tensor([10., 20., 30.])
+    rewards, kl = ppo.kl_rewards(logp, logp_ref, scores, mask, beta=0.1)
+    assert torch.allclose(kl, torch.tensor([[0, 0, .5, -1, 0], [0, 1, 0, -.5, 0], [0, 0, 0, 0, -1.]]))
+    assert torch.allclose(rewards, torch.tensor([[0, 0, -.05, .1, 10.], [0, -.1, 0, 20.05, 0], [0, 0, 0, 0, 30.1]]))
+
+
+def test_clipped_policy_loss_by_hand():
+    mask = torch.ones(1, 4)
+    old = torch.zeros(1, 4)
+    # ratios 1.1 (inside the clip), 1.5 (above), 0.5 (below), 1.5 with a negative advantage
+    new = torch.tensor([[1.1, 1.5, 0.5, 1.5]]).log()
+    adv = torch.tensor([[1.0, 2.0, -1.0, -1.0]])
+    loss, clip_frac, approx_kl = ppo.policy_loss(new, old, adv, mask, clip=0.2)
+    # per token -min(rA, clip(r)A): -1.1, -min(3, 2.4) = -2.4, -min(-.5, -.8) = .8, -min(-1.5, -1.2) = 1.5
+    assert loss.item() == pytest.approx((-1.1 - 2.4 + 0.8 + 1.5) / 4, abs=1e-6)
+    assert clip_frac.item() == pytest.approx(0.5)  # the 2nd and 3rd tokens
+    r = torch.tensor([1.1, 1.5, 0.5, 1.5])
+    assert approx_kl.item() == pytest.approx(((r - 1) - r.log()).mean().item(), abs=1e-6)
+    # a masked token changes nothing; the gradient of a clipped token is 0
+    new.requires_grad_(True)
+    loss, _, _ = ppo.policy_loss(new, old, adv, torch.tensor([[1., 1., 1., 0.]]), clip=0.2)
+    loss.backward()
+    assert new.grad[0, 1] == 0 and new.grad[0, 2] == 0 and new.grad[0, 3] == 0
+    assert new.grad[0, 0].item() == pytest.approx(-1.1 / 3, abs=1e-6)
+    # no clipping: ratio 1 gives -mean(A) and zero approx-KL
+    loss, clip_frac, approx_kl = ppo.policy_loss(old, old, adv, mask, clip=0.2)
+    assert loss.item() == pytest.approx(-0.25) and clip_frac == 0 and approx_kl == 0
+
+
+def test_clipped_value_loss_by_hand():
+    mask = torch.tensor([[1., 1., 1., 0.]])
+    old = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    new = torch.tensor([[0.1, 1.0, 0.0, 5.0]])
+    ret = torch.tensor([[0.5, 1.0, 0.0, 0.0]])
+    # token 0: inside the clip, (0.1-0.5)^2 = .16; token 1: clipped to 0.2, max(0, .64) = .64;
+    # token 2: clipped to 0.8, max(0, .64) = .64; token 3 is padding
+    assert ppo.value_loss(new, old, ret, mask, clip=0.2).item() == pytest.approx(0.5 * (0.16 + 0.64 + 0.64) / 3)
+    # with a wide clip it is plain MSE
+    assert ppo.value_loss(new, old, ret, mask, clip=10).item() == pytest.approx(0.5 * 0.16 / 3)
+
+
+def test_kl_controller():
+    assert ppo.update_beta(0.1, 12.0, 6.0, 64, 10000) == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000))  # clipped
+    assert ppo.update_beta(0.1, 6.6, 6.0, 64, 10000) == pytest.approx(0.1 * (1 + 0.1 * 64 / 10000))
+    assert ppo.update_beta(0.1, 3.0, 6.0, 100, 1000) == pytest.approx(0.1 * (1 - 0.2 * 0.1))
+    assert ppo.update_beta(0.1, 6.0, 6.0, 64, 10000) == 0.1
+    assert ppo.update_beta(0.1, 50.0, 0, 64, 10000) == 0.1  # target 0: fixed beta
+
+
+# ----------------------------------------------------------------------------- rollout and loop
+VOCAB, END, TOKEN = 16, 15, 5
+
+
+def tiny_gpt(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=VOCAB, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def tiny_cfg(**kw):
+    kw = {"batch_size": 32, "minibatch_size": 8, "max_new_tokens": 8, "temperature": 0.7, "lr": 3e-3,
+          "beta": 0.01, "kl_target": 0, "max_iters": 25, "seed": 0, "precision": "fp32", **kw}
+    return ppo.PPOConfig(**kw)
+
+
+def test_rollout_logprobs_equal_generate_and_ratio_is_one():
+    policy = tiny_gpt()
+    ref = tiny_gpt(seed=1)
+    prompts = [[1, 2, 3], [4], [6, 7, 8, 9, 10], [1, 1]] * 2  # different lengths: left padding
+    cfg = tiny_cfg()
+    g = torch.Generator().manual_seed(0)
+    responses, gen_logp = policy.generate(prompts, cfg.max_new_tokens, cfg.temperature, stop_token=END,
+                                          generator=torch.Generator().manual_seed(0))
+    b = ppo.rollout(policy, ref, prompts, cfg, END, g, ppo.autocast("cpu", "fp32"))
+    assert b["responses"] == responses
+    assert any(b["ended"]) and not all(b["ended"])
+    for i, r in enumerate(responses):
+        m = b["mask"][i].bool()
+        assert m.sum() == len(r) and b["idx"][i, -len(r):].tolist() == r
+        # recomputed with a full forward, at the sampling temperature, shifted by one: == generate's
+        assert torch.allclose(b["logp"][i][m], torch.tensor(gen_logp[i]), atol=1e-4)
+        assert (b["values"][i] == 0).all()  # the zero-initialised value head
+    logp, _, _ = ppo.forward(policy, b["idx"][:3], b["pad_mask"][:3], cfg.temperature)
+    _, clip_frac, approx_kl = ppo.policy_loss(logp, b["logp"][:3], torch.randn(3, logp.shape[1]), b["mask"][:3])
+    assert approx_kl.item() < 1e-10 and clip_frac.item() == 0
+
+
+def test_toy_reward_goes_up():
+    """Reward = how often TOKEN appears in the response: PPO must learn to say it more."""
+    policy, ref = tiny_gpt(), tiny_gpt()
+    prompts = [[1, 2, 3], [4, 2], [6, 7, 8, 9], [10]]
+    toy = lambda p, responses, ended: (torch.tensor([float(r.count(TOKEN)) for r in responses]), {})
+    records = []
+    ppo.train(tiny_cfg(no_end_penalty=0.0), policy, ref, prompts, toy, END, log=lambda r, line: records.append(r))
+    first = sum(r["score"] for r in records[:3]) / 3
+    last = sum(r["score"] for r in records[-3:]) / 3
+    assert len(records) == 25 and first < 1.0 and last > first + 1.5, (first, last)
+    assert all(r["approx_kl"] < 0.5 for r in records)
+
+
+# ----------------------------------------------------------------------------- the script
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """A tiny "sft" policy and "rm" reward model (random weights) sharing a small BPE."""
+    import labeler
+    import tokenizer
+    from common import save_checkpoint
+    d = tmp_path_factory.mktemp("ppo")
+    (d / "corpus.txt").write_text("The economy is strong and our hopes are high.\n\n" * 40)
+    tok = tokenizer.train(" ".join(labeler.train_prompts()) * 3, 256 + 4 + 40)
+    cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=48, n_layer=1, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    save_checkpoint(d / "sft.pt", stage="sft", model=GPT(cfg), tokenizer=tok)
+    rm = GPT(cfg)
+    torch.nn.init.normal_(rm.scalar_head.weight, std=0.5)
+    save_checkpoint(d / "rm.pt", stage="rm", model=rm, tokenizer=tok, rm_gain=2.0, rm_bias=-0.5)
+    return d
+
+
+def test_reward_must_be_a_reward_model(tiny_checkpoints):
+    d = tiny_checkpoints
+    with pytest.raises(SystemExit, match="needs a reward model"):
+        ppo.main(["--init", str(d / "sft.pt"), "--reward", str(d / "sft.pt"), "--out", str(d / "x.pt")])
+
+
+def test_main_runs_and_writes_a_ppo_checkpoint(tiny_checkpoints):
+    import json
+    from common import load_checkpoint
+    d = tiny_checkpoints
+    ppo.main(["--init", str(d / "sft.pt"), "--reward", str(d / "rm.pt"), "--out", str(d / "ppo.pt"),
+              "--max-iters", "2", "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "8",
+              "--device", "cpu", "--ptx-coef", "0.1", "--ptx-data", str(d / "corpus.txt")])
+    ckpt = load_checkpoint(str(d / "ppo.pt"), ("ppo",))
+    assert ckpt["step"] == 2 and ckpt["kl_beta"] > 0
+    records = [json.loads(line) for line in open(d / "ppo.log.jsonl")]
+    assert len(records) == 2
+    for key in ("score", "rm", "gold", "kl", "beta", "entropy", "approx_kl", "clip_frac", "vf_loss",
+                "resp_len", "t_rollout", "t_update"):
+        assert key in records[-1], key

@@ -1,0 +1,227 @@
+"""The reward model: InstructGPT eq. 1 over all C(K,2) pairs, scoring at the last real token, the
+normalization, learning an easy preference, the whole script on tiny models, and bad input."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_checkpoint
+import common
+import labeler
+import train_rm
+from data import encode_prompt
+from gpt import GPT, GPTConfig
+
+PROMPT = "Write a cheerful sentence about the economy."
+
+
+def tiny_model(tok, seed=0, random_head=True):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    if random_head:  # the head starts at zero; give it weights so that scores differ
+        torch.nn.init.normal_(model.scalar_head.weight)
+    return model
+
+
+def tiny_flags(tmp_path, init, *more):
+    return ["--init", str(init), "--out", str(tmp_path / "rm.pt"), "--n-prompts", "6", "--eval-prompts", "9",
+            "--k", "3", "--max-new-tokens", "6", "--batch-size", "4", "--device", "cpu", "--precision", "fp32",
+            *more]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- the loss
+def test_loss_equals_hand_computation_on_three_responses():
+    r = [2.0, 0.5, -1.0]  # best, middle, worst
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    hand = -(math.log(sig(r[0] - r[1])) + math.log(sig(r[0] - r[2])) + math.log(sig(r[1] - r[2]))) / 3
+    loss, acc = train_rm.ranking_loss(torch.tensor(r), [3])
+    assert loss.item() == pytest.approx(hand, rel=1e-6) and acc == 1.0
+    # two rankings in one batch: each is one element of the mean, whatever its K
+    loss, acc = train_rm.ranking_loss(torch.tensor(r + [0.0, 1.0]), [3, 2])
+    assert loss.item() == pytest.approx((hand - math.log(sig(-1.0))) / 2, rel=1e-6) and acc == 0.75
+
+
+def test_k_responses_give_all_pairs_better_first():
+    for k in range(2, 10):
+        p = train_rm.pairs(k)
+        assert len(p) == math.comb(k, 2) == len(set(p)) and all(0 <= i < j < k for i, j in p)
+    assert train_rm.pairs(3) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_each_response_is_scored_once_per_step(tiny_tok, monkeypatch):
+    model = tiny_model(tiny_tok)
+    rows = []
+    hidden = model.hidden
+    monkeypatch.setattr(model, "hidden", lambda idx, pad_mask=None: rows.append(len(idx)) or hidden(idx, pad_mask))
+    p = encode_prompt(tiny_tok, PROMPT)
+    rankings = [{"seqs": [p + [10 + i, 20 + j] for j in range(4)], "gold": None} for i in range(2)]
+    cfg = train_rm.RMConfig(batch_size=2, precision="fp32")
+    train_rm.train(model, rankings, cfg, "cpu")
+    assert rows == [8]  # 2 rankings x K=4 responses in one forward, not 2 x C(4,2) x 2 = 24
+
+
+def test_pair_record_and_k2_ranking_give_the_same_loss(tmp_path, tiny_tok):
+    chosen, rejected = "Our economy is strong and our hope is great.", "The deficit is a grave danger."
+    pair = train_rm.file_rankings(tiny_tok, write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": PROMPT, "chosen": chosen, "rejected": rejected}]))
+    ranking = train_rm.file_rankings(tiny_tok, write_jsonl(tmp_path / "r.jsonl", [
+        {"prompt": PROMPT, "responses": [chosen, rejected]}]))
+    model = tiny_model(tiny_tok)
+    losses = [train_rm.ranking_loss(train_rm.score_seqs(model, rk[0]["seqs"], "cpu"), [2])[0] for rk in (pair, ranking)]
+    r = train_rm.score_seqs(model, pair[0]["seqs"], "cpu")
+    assert losses[0].item() == losses[1].item() == pytest.approx(-F.logsigmoid(r[0] - r[1]).item())
+
+
+# ----------------------------------------------------------------------------- the score
+def test_score_is_read_at_the_last_real_token_with_padding(tiny_tok):
+    model = tiny_model(tiny_tok).eval()
+    end = tiny_tok.special_tokens["<|end|>"]
+    p = encode_prompt(tiny_tok, PROMPT)
+    seqs = [p + [40, 41, end], p + [50, end], p + list(range(60, 75)) + [end]]
+    with torch.no_grad():
+        batch = train_rm.score_seqs(model, seqs, "cpu")
+        for s, r in zip(seqs, batch):
+            idx = torch.tensor([s])
+            h = model.hidden(idx)
+            assert r.item() == pytest.approx(model.scalar(h)[0, -1].item(), abs=1e-5)      # at <|end|>
+            assert r.item() != pytest.approx(model.scalar(h)[0].mean().item(), abs=1e-5)  # not mean-pooled
+        # right padding (other pad ids) reads the same last real token
+        T = max(map(len, seqs))
+        idx = torch.tensor([s + [7] * (T - len(s)) for s in seqs])
+        mask = torch.tensor([[True] * len(s) + [False] * (T - len(s)) for s in seqs])
+        assert torch.allclose(train_rm.rm_score(model, idx, mask), batch, atol=1e-5)
+
+
+def test_normalization_gives_mean_0_std_1(tmp_path, tiny_tok):
+    model = tiny_model(tiny_tok)
+    g = torch.Generator().manual_seed(0)
+    p = encode_prompt(tiny_tok, PROMPT)
+    seqs = [p + torch.randint(5, 300, (int(n),), generator=g).tolist() for n in torch.randint(1, 20, (40,), generator=g)]
+    ctx = common.autocast("cpu", "fp32")
+    gain, bias = train_rm.fit_normalization(model, seqs, "cpu", ctx)
+    r = gain * train_rm.score_all(model, seqs, "cpu", ctx) + bias
+    assert abs(r.mean()) < 1e-4 and r.std() == pytest.approx(1.0, abs=1e-4)
+    # the checkpoint keeps them and load_reward_model applies them
+    common.save_checkpoint(str(tmp_path / "rm.pt"), stage="rm", model=model, tokenizer=tiny_tok,
+                           rm_gain=gain, rm_bias=bias)
+    reward, _, _, _ = train_rm.load_reward_model(str(tmp_path / "rm.pt"), precision="fp32")
+    r = reward([s[:len(p)] for s in seqs], [s[len(p):] for s in seqs])
+    assert r.shape == (40,) and abs(r.mean().item()) < 1e-4 and r.std(unbiased=False).item() == pytest.approx(1, abs=1e-4)
+
+
+def test_spearman_by_hand():
+    assert train_rm.spearman([1, 2, 3, 4], [10, 20, 30, 50]) == pytest.approx(1.0)
+    assert train_rm.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # ties get average ranks: x ranks [0, 1.5, 1.5, 3], y ranks [0, 2, 1, 3] -> 4.5 / sqrt(4.5 * 5)
+    assert train_rm.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+
+
+def test_learns_an_easy_preference(tiny_tok):
+    """The better response always holds the word 'great': a tiny RM must find it on unseen pairs."""
+    rng = np.random.default_rng(0)
+    filler = "the of and to in a that is for our it by with as be this".split()
+    enc, end = tiny_tok.to_tiktoken().encode_ordinary, tiny_tok.special_tokens["<|end|>"]
+
+    def ranking():
+        words = list(rng.choice(filler, 8))
+        good = words[:]
+        good.insert(int(rng.integers(0, 9)), "great")
+        p = encode_prompt(tiny_tok, PROMPT)
+        return {"seqs": [p + enc(" ".join(good)) + [end], p + enc(" ".join(rng.choice(filler, 8))) + [end]],
+                "gold": [1.0, 0.5]}
+    train_set, test_set = [ranking() for _ in range(300)], [ranking() for _ in range(100)]
+    model = tiny_model(tiny_tok, random_head=False)
+    cfg = train_rm.RMConfig(epochs=2, batch_size=8, lr=3e-3, warmup_iters=5, precision="fp32")
+    train_rm.train(model, train_set, cfg, "cpu")
+    m = train_rm.evaluate(model, test_set, "cpu", common.autocast("cpu", "fp32"))
+    assert m["acc_noisy"] == m["acc_gold"] >= 0.9 and m["spearman"] > 0.7
+
+
+# ----------------------------------------------------------------------------- the script
+def test_sampled_rankings_dedup_and_unended(tiny_tok, monkeypatch):
+    # 3 samples per prompt: two identical ones merge; a prompt with only one distinct sample is dropped
+    fake = [[40, 41], [40, 41], [50], [60], [60], [60]], [True, True, False, True, True, True]
+    monkeypatch.setattr(train_rm, "sample_responses", lambda *args, **kwargs: fake)
+    cfg = train_rm.RMConfig(k=3, label_noise=0.0)
+    rankings, samples = train_rm.sample_rankings(None, tiny_tok, [PROMPT, PROMPT], cfg, 0, "cpu",
+                                                 common.autocast("cpu", "fp32"))
+    end, p = tiny_tok.special_tokens["<|end|>"], encode_prompt(tiny_tok, PROMPT)
+    assert len(samples) == 6 and len(rankings) == 1
+    rk = rankings[0]
+    assert sorted(map(tuple, rk["seqs"])) == sorted([tuple(p + [40, 41, end]), tuple(p + [50])])  # no <|end|>: cut off
+    texts = {tuple(s): t for s, t in zip(rk["seqs"], rk["texts"])}
+    assert rk["gold"] == sorted(rk["gold"], reverse=True)
+    assert labeler.score(PROMPT, texts[tuple(p + [50])], ended=False)[0] in rk["gold"]
+
+
+def test_main_samples_trains_and_writes_an_rm_checkpoint(tmp_path, tiny_tok):
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    metrics = train_rm.main(tiny_flags(tmp_path, sft))
+    ckpt = common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))
+    assert ckpt["stage"] == "rm" and isinstance(ckpt["rm_gain"], float) and isinstance(ckpt["rm_bias"], float)
+    for key in ("heldout_acc_noisy", "heldout_acc_gold", "heldout_spearman", "train_loss"):
+        assert ckpt["metrics"][key] == metrics[key]
+    # --policy: samples from another checkpoint, still initialised from --init
+    ppo = make_checkpoint(tmp_path / "ppo.pt", "ppo", tiny_tok, seed=1)
+    train_rm.main(tiny_flags(tmp_path, sft, "--policy", ppo))
+    assert common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))["args"]["policy"] == ppo
+
+
+def test_main_with_rankings_file(tmp_path, tiny_tok):
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    data = write_jsonl(tmp_path / "rankings.jsonl", [
+        {"prompt": PROMPT, "responses": ["Our economy is strong.", "The economy.", "Bad."]},
+        {"prompt": "Say hi.", "chosen": "Hi there!", "rejected": "No."}])
+    train_rm.main(tiny_flags(tmp_path, sft, "--data", data))
+    ckpt = common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))
+    assert ckpt["metrics"]["rankings"] == 2
+
+
+# ----------------------------------------------------------------------------- bad input: one clear error each
+def error_of(fn, *args):
+    with pytest.raises(SystemExit) as e:
+        fn(*args)
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("records, expected", [
+    ([{"prompt": PROMPT, "responses": ["Only one."]}], ":1: a ranking needs at least 2 responses"),
+    ([{"prompt": PROMPT, "chosen": "a", "rejected": "b"}, {"prompt": PROMPT, "responses": ["x", "y", "x"]}],
+     ":2: the ranking holds the same response twice"),
+])
+def test_bad_rankings_file(tmp_path, tiny_tok, records, expected):
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    data = write_jsonl(tmp_path / "bad.jsonl", records)
+    assert expected in error_of(train_rm.main, tiny_flags(tmp_path, sft, "--data", data))
+
+
+def test_bad_k(tmp_path, tiny_tok):
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    for k in ("1", "10"):
+        assert error_of(train_rm.main, tiny_flags(tmp_path, sft) + ["--k", k]).startswith(f"error: --k {k}:")
+
+
+def test_init_of_the_wrong_stage(tmp_path, tiny_tok, capsys):
+    for stage in ("rm", "ppo"):
+        path = make_checkpoint(tmp_path / f"{stage}.pt", stage, tiny_tok)
+        msg = error_of(train_rm.main, tiny_flags(tmp_path, path))
+        assert f"--init {path}" in msg and f"'{stage}'" in msg
+    pretrain = make_checkpoint(tmp_path / "pretrain.pt", "pretrain", tiny_tok)
+    train_rm.main(tiny_flags(tmp_path, pretrain))  # allowed, with a warning
+    assert "warning: --init" in capsys.readouterr().err
+
+
+def test_ppo_reward_must_be_a_reward_model(tmp_path, tiny_tok):
+    import train_ppo
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    msg = error_of(train_ppo.main, ["--init", sft, "--reward", sft, "--out", str(tmp_path / "ppo.pt"), "--device", "cpu"])
+    assert "--reward" in msg and "reward model" in msg

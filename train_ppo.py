@@ -1,0 +1,363 @@
+"""Stage 3: RLHF with PPO against the reward model (InstructGPT step 3).
+
+    python train_ppo.py --init out/sft.pt                 # reward model: out/rm.pt (--reward other)
+    python train_ppo.py --init out/sft.pt --kl-target 0   # fixed beta (--beta 0: no KL penalty at all)
+
+The policy starts as a copy of the SFT model and the reference is a frozen copy of it. Each
+iteration samples responses to a batch of training prompts, scores them with the reward model,
+turns the scores into per-token rewards with a KL penalty against the reference (InstructGPT
+eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps. Writes the
+LAST policy to --out (stage "ppo"; also every 10 iterations) and one log line per iteration to
+the .log.jsonl next to it. Picking the "best" iteration by reward-model score would select for
+reward over-optimization, and picking by gold score would peek at the test, so we don't.
+The math is the small functions right below, each next to its equation; train() is the loop.
+"""
+import copy
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+import labeler
+from common import (POLICY_STAGES, Log, autocast, fail, load_checkpoint, load_model, parse_config,
+                    pick_device, save_checkpoint)
+from data import encode_prompt, left_pad, load_prompts, read_corpus
+from gpt import GPT, GPTConfig
+from train_rm import rm_score
+
+# ----------------------------------------------------------------------------- the math
+# Layout: a batch of prompt+response rows, left-padded to (B, T). Per-token quantities live on a
+# (B, T-1) grid where column t holds what the model says at position t about token t+1: the action
+# a_t = idx[:, t+1] taken in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t is a
+# response token (an action of the policy); prompt and padding columns are False.
+
+def action_logprobs(logits, idx, temperature):
+    """log pi(a_t | s_t) = log softmax(logits_t / T)[idx_{t+1}]: the logits at position t predict
+    token t+1. Divide by the sampling temperature T here too, or the ratio and the KL are wrong."""
+    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    return logp.gather(-1, idx[:, 1:, None]).squeeze(-1)
+
+
+def entropy(logits, temperature):
+    """H = -sum_a p(a) log p(a) of the sampling distribution at every position (B, T-1)."""
+    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x, mask, eps=1e-8):
+    """(x - mean) / std over the real entries only; padding stays 0 and does not move the stats."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def last_index(mask):
+    """Column of each row's last True entry (the last response token)."""
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    return (mask * cols).argmax(1)
+
+
+def kl_rewards(logp, logp_ref, scores, mask, beta):
+    """InstructGPT eq. 2, per token: R(x, y) = r(x, y) - beta log(pi(y|x) / pi_SFT(y|x)). Every
+    response token gets r_t = -beta (log pi(a_t) - log pi_ref(a_t)); the reward-model score
+    r(x, y) is added at the last response token. Returns (rewards, per-token KL), both (B, T-1)."""
+    kl = (logp - logp_ref) * mask
+    rewards = -beta * kl
+    rewards[torch.arange(len(scores)), last_index(mask)] += scores
+    return rewards, kl
+
+
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16):
+        A_t = sum_l (gamma lam)^l delta_{t+l},   delta_t = r_t + gamma V(s_{t+1}) - V(s_t),
+    computed backwards as A_t = delta_t + gamma lam A_{t+1}. The value after the last response
+    token is 0 (the episode ends there): a masked column passes nothing back to the one before it.
+    Returns (advantages, returns = advantages + values), before any whitening."""
+    adv = torch.zeros_like(rewards)
+    next_value = next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        m = mask[:, t].to(rewards.dtype)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv[:, t] = (delta + gamma * lam * next_adv) * m
+        next_value, next_adv = values[:, t] * m, adv[:, t]
+    return adv, (adv + values) * mask
+
+
+def policy_loss(logp, old_logp, adv, mask, clip=0.2):
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
+        L = -E_t[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)],   rho_t = pi(a_t) / pi_old(a_t).
+    Also returns the fraction of tokens where the clip is active and the approximate KL(old || new)
+    estimated as E[(rho - 1) - log rho] (>= 0, unbiased)."""
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip, 1 + clip)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clip_frac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+    return loss, clip_frac.detach(), approx_kl.detach()
+
+
+def value_loss(values, old_values, returns, mask, clip=0.2):
+    """Clipped value loss (as in the PPO baselines): the new value may move at most `clip` from
+    the rollout's value before the loss stops rewarding the move.
+        L_V = 1/2 E_t[max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)]"""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def update_beta(beta, kl, target, n, horizon):
+    """Adaptive KL controller (Ziegler et al. 2019, sec. 2.2): proportional control of the KL
+    towards the target: e = clip(KL / target - 1, -0.2, 0.2), beta <- beta (1 + e n / horizon),
+    n = episodes in this batch. target <= 0 keeps beta fixed."""
+    if target <= 0:
+        return beta
+    e = min(max(kl / target - 1, -0.2), 0.2)
+    return beta * (1 + e * n / horizon)
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class PPOConfig:
+    init: str = "out/sft.pt"          # the SFT policy: PPO's start and its frozen reference
+    reward: str = "out/rm.pt"         # the reward model (stage "rm", from train_rm.py)
+    out: str = "out/ppo.pt"
+    prompts: str = ""                 # JSONL {"prompt": ...}; empty: labeler.train_prompts()
+    resume: bool = False              # continue --out: its policy, value head, beta, iteration
+    # rollout
+    batch_size: int = 32              # episodes (prompt, response) per iteration
+    max_new_tokens: int = 48
+    temperature: float = 1.0          # pure sampling at T; every log-prob divides by the same T
+    no_end_penalty: float = -1.0      # the score of a response that never wrote <|end|>
+    # PPO update
+    ppo_epochs: int = 4
+    minibatch_size: int = 8
+    lr: float = 1e-5                  # Adam (eps 1e-5), decays linearly to 0 over max_iters
+    clip: float = 0.2                 # policy ratio clip (PPO eq. 7)
+    vf_clip: float = 0.2              # value clip, in (normalized) reward units
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    grad_clip: float = 1.0
+    # KL penalty
+    beta: float = 0.05                # initial KL coefficient
+    kl_target: float = 6.0            # nats per response; 0 = fixed beta
+    kl_horizon: int = 10000
+    # PPO-ptx: + ptx_coef * LM loss on corpus batches (InstructGPT eq. 2, last term)
+    ptx_coef: float = 0.0
+    ptx_data: str = "data/sotu.txt.gz"
+    ptx_batch_size: int = 4
+    # budget
+    max_iters: int = 60
+    max_minutes: float = 0.0          # stop early (and save) after this long; 0 = no limit
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"           # auto | bf16 | fp32
+
+
+# ----------------------------------------------------------------------------- rollout + loop
+def forward(model, idx, pad_mask, temperature):
+    """One pass through the trunk gives both heads: log-probs of the actions, the value of every
+    state, and the logits (B, T-1) / (B, T-1) / (B, T, V)."""
+    h = model.hidden(idx, pad_mask)
+    logits = model.lm_head(h)
+    return action_logprobs(logits, idx, temperature), model.scalar(h)[:, :-1].float(), logits
+
+
+@torch.no_grad()
+def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
+    """Sample one response per prompt, cut at <|end|>, and score every action under the policy
+    (the "old" log-probs and values of the update) and the reference, with a full forward pass
+    over prompt+response. Recomputing instead of keeping generate's log-probs makes the update
+    start at ratio exactly 1 (same code path), which a test checks against generate's."""
+    with ctx:
+        responses, _ = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                                       stop_token=end_id, generator=generator)
+    responses = [r[: r.index(end_id) + 1] if end_id in r else r for r in responses]
+    device = next(policy.parameters()).device
+    idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=device)
+    # Left-padded, so each response is the last len(r) tokens of its row: columns >= T-1-len(r).
+    lens = torch.tensor([len(r) for r in responses], device=device)
+    mask = torch.arange(idx.shape[1] - 1, device=device)[None] >= (idx.shape[1] - 1 - lens)[:, None]
+    with ctx:
+        logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature)
+        logp_ref, _, _ = forward(ref, idx, pad_mask, cfg.temperature)
+    return dict(idx=idx, pad_mask=pad_mask, mask=mask.float(), logp=logp, logp_ref=logp_ref,
+                values=values * mask, entropy=masked_mean(entropy(logits, cfg.temperature), mask).item(),
+                responses=responses, ended=[end_id in r for r in responses])
+
+
+def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx_batch=None, start_iter=0, beta=None):
+    """The PPO loop. prompts: token-id lists (the chat template's prompt part). reward_fn(prompts,
+    responses, ended) -> (scores (B,) tensor, dict of metrics to log): the reward model in main(),
+    a toy reward in the tests. log(record, line); save(iteration, beta, record) every 10 iterations
+    and at the end; ptx_batch() -> (x, y) corpus batch for PPO-ptx. Returns (beta, last record)."""
+    device = next(policy.parameters()).device
+    ctx = autocast(device.type, cfg.precision)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    policy.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
+    ref.eval().requires_grad_(False)
+    beta = cfg.beta if beta is None else beta
+    t_start, record = time.time(), {}
+    for it in range(start_iter, cfg.max_iters):
+        if cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60:
+            break
+        # ---- rollout: sample, score, per-token rewards, advantages (all without gradients)
+        t0 = time.time()
+        rng = random.Random(cfg.seed * 100003 + it)  # seeded per iteration: --resume replays the same
+        batch_prompts = [prompts[rng.randrange(len(prompts))] for _ in range(cfg.batch_size)]
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 100003 + it)
+        b = rollout(policy, ref, batch_prompts, cfg, end_id, generator, ctx)
+        scores, metrics = reward_fn(batch_prompts, b["responses"], b["ended"])
+        ended = torch.tensor(b["ended"], device=device)
+        penalty = torch.full((len(ended),), cfg.no_end_penalty, device=device)
+        scores = torch.where(ended, scores.float().to(device), penalty)  # no <|end|>: fixed penalty
+        mask = b["mask"]
+        rewards, kl = kl_rewards(b["logp"], b["logp_ref"], scores, mask, beta)
+        adv, returns = gae(rewards, b["values"], mask, cfg.gamma, cfg.lam)
+        adv = masked_whiten(adv, mask)
+        t1 = time.time()
+        # ---- update: ppo_epochs passes over the batch in random minibatches
+        lr = cfg.lr * (1 - it / cfg.max_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats = []
+        for epoch in range(cfg.ppo_epochs):
+            for mb in torch.randperm(cfg.batch_size, generator=generator, device=device).split(cfg.minibatch_size):
+                with ctx:
+                    logp, values, _ = forward(policy, b["idx"][mb], b["pad_mask"][mb], cfg.temperature)
+                pg_loss, clip_frac, approx_kl = policy_loss(logp, b["logp"][mb], adv[mb], mask[mb], cfg.clip)
+                vf_loss = value_loss(values, b["values"][mb], returns[mb], mask[mb], cfg.vf_clip)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if ptx_batch is not None and cfg.ptx_coef > 0:
+                    x, y = ptx_batch()
+                    with ctx:
+                        loss = loss + cfg.ptx_coef * policy(x, y)[1]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                optimizer.step()
+                stats.append([pg_loss.item(), vf_loss.item(), clip_frac.item(), approx_kl.item()])
+        t2 = time.time()
+        # ---- log, then let the KL controller move beta for the next batch
+        kl_per_response = kl.sum(1).mean().item()
+        pg, vf, cf, akl = torch.tensor(stats).mean(0).tolist()
+        record = {"iter": it + 1, "score": scores.mean().item(), **metrics, "kl": kl_per_response,
+                  "beta": beta, "entropy": b["entropy"], "approx_kl": akl, "clip_frac": cf,
+                  "pg_loss": pg, "vf_loss": vf, "resp_len": mask.sum(1).mean().item(),
+                  "ended": ended.float().mean().item(), "lr": lr, "t_rollout": t1 - t0, "t_update": t2 - t1}
+        if log is not None:
+            log(record, f"iter {it + 1}/{cfg.max_iters}  " + "  ".join(
+                f"{k} {v:.3g}" for k, v in record.items() if k not in ("iter", "lr", "pg_loss")))
+        beta = update_beta(beta, kl_per_response, cfg.kl_target, cfg.batch_size, cfg.kl_horizon)
+        if save is not None and ((it + 1) % 10 == 0 or it + 1 == cfg.max_iters):
+            save(it + 1, beta, record)
+    if save is not None and record and record["iter"] % 10 and record["iter"] != cfg.max_iters:
+        save(record["iter"], beta, record)  # stopped by --max-minutes between saves
+    return beta, record
+
+
+# ----------------------------------------------------------------------------- the real run
+def reward_model_fn(rm, gain, bias, tok, ctx):
+    """The reward: the reward model read at the last real token of prompt+response (the <|end|>),
+    normalized so that SFT samples score mean 0, std 1 (train_rm.rm_score, the RM's own reader).
+    Also logs the simulated labeler's gold score: the truth the reward model only approximates."""
+    @torch.no_grad()
+    def reward_fn(prompts, responses, ended):
+        idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=next(rm.parameters()).device)
+        with ctx:
+            scores = rm_score(rm, idx, pad_mask, gain, bias).float()
+        texts = [tok.decode(p[1:-1]) for p in prompts]  # strip <|user|> and <|assistant|>
+        gold = [labeler.score(x, tok.decode(r[:-1] if e else r), e)[0]
+                for x, r, e in zip(texts, responses, ended) if labeler.parse_prompt(x)]  # --prompts: maybe none
+        return scores, {"rm": scores.mean().item(), **({"gold": sum(gold) / len(gold)} if gold else {})}
+    return reward_fn
+
+
+def corpus_batches(cfg, tok, block_size, device):
+    """PPO-ptx: random windows of the pretraining corpus, (x, y = x shifted by one)."""
+    text = read_corpus(cfg.ptx_data)
+    tokens = torch.tensor(tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}))
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def batch():
+        starts = torch.randint(len(tokens) - block_size - 1, (cfg.ptx_batch_size,), generator=g)
+        rows = torch.stack([tokens[s: s + block_size + 1] for s in starts.tolist()]).to(device)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    return batch
+
+
+def main(argv=None):
+    cfg = parse_config(PPOConfig, __doc__.split("\n")[0], argv)
+    for flag, value in (("--temperature", cfg.temperature), ("--batch-size", cfg.batch_size),
+                        ("--minibatch-size", cfg.minibatch_size), ("--max-new-tokens", cfg.max_new_tokens),
+                        ("--ppo-epochs", cfg.ppo_epochs), ("--max-iters", cfg.max_iters), ("--kl-horizon", cfg.kl_horizon)):
+        if value <= 0:
+            fail(f"{flag} {value}: must be positive")
+    if cfg.beta < 0 or cfg.kl_target < 0:
+        fail("--beta and --kl-target cannot be negative")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
+    if init_ckpt["stage"] != "sft":
+        print(f"warning: --init {cfg.init} is a {init_ckpt['stage']!r} checkpoint; PPO normally starts from SFT")
+    rm_ckpt = load_checkpoint(cfg.reward, flag="--reward")
+    if rm_ckpt["stage"] != "rm" or "rm_gain" not in rm_ckpt:
+        fail(f"--reward {cfg.reward}: is a {rm_ckpt['stage']!r} checkpoint, but PPO needs a reward model "
+             f"(stage 'rm', written by train_rm.py)")
+    if rm_ckpt["tokenizer"] != init_ckpt["tokenizer"]:
+        fail(f"--reward {cfg.reward}: its tokenizer differs from --init {cfg.init}'s")
+    rm = GPT(GPTConfig(**rm_ckpt["config"]))
+    rm.load_state_dict(rm_ckpt["model"])
+    rm = rm.to(device).eval().requires_grad_(False)
+    prompts = load_prompts(cfg.prompts) if cfg.prompts else labeler.train_prompts()
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
+    longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
+    if longest > min(policy.config.block_size, rm.config.block_size):
+        fail(f"--max-new-tokens {cfg.max_new_tokens}: prompt + response ({longest} tokens) exceeds the "
+             f"models' block size")
+
+    # The reference is the frozen SFT model. The value function is a head on the policy's own
+    # trunk, zero-initialised: one forward pass gives both the logits and the values (a separate
+    # critic initialised from the RM would double the update's compute, which matters on a CPU),
+    # and V = 0 everywhere at the start is the right prior for a reward normalized to mean 0; a
+    # random head would only add noise to the first advantages.
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    with torch.no_grad():
+        policy.scalar_head.weight.zero_()
+        if policy.scalar_head.bias is not None:
+            policy.scalar_head.bias.zero_()
+    start_iter, beta = 0, None
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.out, ("ppo",), flag="--resume")
+        policy.load_state_dict(ckpt["model"])
+        start_iter, beta = ckpt["step"], ckpt["kl_beta"]  # Adam restarts from zero moments
+        print(f"resuming from iteration {start_iter}, beta {beta:.4g}")
+    print(f"policy {policy.num_params() / 1e6:.2f} M parameters, reward model {rm.num_params() / 1e6:.2f} M, "
+          f"{len(prompts)} prompts, device {device}")
+
+    ctx = autocast(device, cfg.precision)
+    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", append=cfg.resume)
+    save = lambda it, beta, record: save_checkpoint(cfg.out, stage="ppo", model=policy, tokenizer=tok, step=it,
+                                                    args=asdict(cfg), metrics=record, kl_beta=beta)
+    ptx = corpus_batches(cfg, tok, policy.config.block_size, device) if cfg.ptx_coef > 0 else None
+    train(cfg, policy, ref, prompt_ids, reward_model_fn(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"], tok, ctx),
+          tok.special_tokens["<|end|>"], log, save, ptx, start_iter, beta)
+    print(f"saved {cfg.out}; samples:")
+    end = tok.special_tokens["<|end|>"]
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    for p in (labeler.heldout_prompts() if not cfg.prompts else prompts)[:3]:
+        with torch.no_grad(), ctx:
+            r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature, stop_token=end, generator=g)[0][0]
+        print(f"  {p}\n  > {tok.decode([t for t in r if t != end])}")
+
+
+if __name__ == "__main__":
+    main()
