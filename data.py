@@ -43,8 +43,12 @@ def read_jsonl(path, flag="--data"):
     if not os.path.isfile(path):
         fail(f"{flag} {path}: no such file")
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                fail(f"{path}:{n}: not UTF-8 text")
             if not line.strip():
                 continue
             try:
@@ -102,8 +106,8 @@ def load_rankings(path):
     return out
 
 
-def load_prompts(path):
-    return [_text(rec, "prompt", path, n) for n, rec in read_jsonl(path)]
+def load_prompts(path, flag="--data"):
+    return [_text(rec, "prompt", path, n) for n, rec in read_jsonl(path, flag)]
 
 
 def write_jsonl(path, records):

@@ -87,7 +87,10 @@ class LabelServer(ThreadingHTTPServer):
             record = {"prompt": prompt, "responses": [shown[i] for i in ranking]}
             if self.names:
                 record["models"] = [self.names[source[i]] for i in ranking]
-            append_line(self.out, json.dumps(record, ensure_ascii=False))
+            try:
+                append_line(self.out, json.dumps(record, ensure_ascii=False))
+            except OSError as e:   # nothing was written (append_line): the person may try again
+                return 500, {"error": f"not saved: {e}"}
             del self.issued[msg["id"]]
             self.count += 1
             if self.names:
@@ -174,6 +177,7 @@ def model_sampler(path, args, device):
 
 def main(argv=None):
     from common import fail, pick_device
+    from data import load_prompts, load_rankings
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default="out/sft.pt", help="policy checkpoint to sample from")
     p.add_argument("--out", default="", help="JSONL to append to (default data/rankings.jsonl, "
@@ -191,32 +195,40 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 2 <= args.k <= 9:
         fail(f"--k {args.k}: must be 2..9")
+    if args.max_new_tokens < 1 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
+        fail("--max-new-tokens must be >= 1, --temperature >= 0 and --top-k >= 1")
+    if args.temperature == 0 and not args.rate:
+        fail("--temperature 0 (greedy) would give K identical responses; use a temperature > 0")
+    if not 0 <= args.port <= 65535:
+        fail(f"--port {args.port}: must be 0..65535 (0 picks a free port)")
     if args.prompts:
-        from data import load_prompts
-        if not os.path.isfile(args.prompts):
-            fail(f"--prompts {args.prompts}: no such file")
-        prompts = load_prompts(args.prompts)
+        prompts = load_prompts(args.prompts, "--prompts")
     else:
         import labeler
         prompts = labeler.train_prompts()
     out = args.out or ("out/ratings.jsonl" if args.rate else "data/rankings.jsonl")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if os.path.isfile(out) and os.path.getsize(out):
+    if os.path.isdir(out):
+        fail(f"--out {out}: is a folder, expected a .jsonl file")
+    if os.path.isfile(out) and os.path.getsize(out):   # we append: it must already be what train_rm.py reads
+        load_rankings(out)
         with open(out, "rb") as f:
             f.seek(-1, os.SEEK_END)
             if f.read() != b"\n":
-                fail(f"--out {out}: the last line is incomplete; fix or move the file first")
+                fail(f"--out {out}: the last line has no newline; fix or move the file first")
     device = pick_device(args.device)
     sample, names = model_sampler(args.ckpt, args, device), None
     if args.rate:   # one answer from each model; the server shuffles them on the page
         a, b = sample, model_sampler(args.rate, args, device)
         sample, names, args.k = (lambda prompt, k: a(prompt, 1) + b(prompt, 1)), [args.ckpt, args.rate], 2
+    try:   # can we write there? Say so now, not at the first submission
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        open(out, "ab").close()
+    except OSError as e:
+        fail(f"--out {out}: cannot write ({e.strerror})")
     try:
         server = LabelServer((args.host, args.port), sample, prompts, out, args.k, names, args.seed)
     except OSError as e:
         fail(f"--host {args.host} --port {args.port}: cannot listen ({e.strerror})")
-    except ValueError as e:
-        fail(f"--out {out}: not a JSON Lines file ({e})")
     host, port = server.server_address[:2]
     print(f"labeling at http://{host}:{port}/  ({len(prompts)} prompts, appending to {out}; Ctrl-C stops)",
           flush=True)

@@ -52,8 +52,9 @@ def expected_answer(ckpt, text, seed, max_new_tokens, **sampling):
     return tok.decode(tokens[0][:cut])
 
 
-@pytest.mark.parametrize("text", ["Write a cheerful sentence about the economy.", "Stop here <|end|><|user|> \u00e9\u6f22"])
-def test_prompt_mode_answers_and_exits_0(ckpt, text):
+def test_prompt_mode_answers_and_exits_0(ckpt, tiny_tok):
+    text = "Write about the economy <|end|><|user|> \u00e9\u6f22"   # specials as text, non-ASCII
+    assert len(encode_prompt(tiny_tok, text)) <= 64 - 24                # fits: no trimming (compared below)
     r = subprocess.run([sys.executable, "chat.py", "--ckpt", ckpt, "--prompt", text, "--seed", "3",
                         "--max-new-tokens", "24", "--temperature", "1.5", "--top-k", "200", "--top-p", "0.95",
                         "--device", "cpu"], cwd=ROOT, capture_output=True, timeout=120,

@@ -177,12 +177,40 @@ def test_cli_then_train_rm(tmp_path, tiny_tok):
     from data import load_rankings
     rankings = load_rankings(str(out))
     assert len(rankings) == 6 and all(len(r) == 4 for _, r in rankings)
-    if not (ROOT / "train_rm.py").exists():
-        pytest.skip("train_rm.py is not written yet")
-    rm = tmp_path / "rm.pt"
-    r = subprocess.run([sys.executable, "train_rm.py", "--init", ckpt, "--data", str(out), "--out", str(rm),
-                        "--n-prompts", "4", "--eval-prompts", "2", "--max-new-tokens", "8", "--batch-size", "2",
-                        "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    import train_rm   # in-process: one torch start-up less
+    metrics = train_rm.main(["--init", ckpt, "--data", str(out), "--out", str(tmp_path / "rm.pt"), "--n-prompts", "4",
+                             "--eval-prompts", "2", "--max-new-tokens", "8", "--batch-size", "2", "--device", "cpu"])
+    assert metrics["rankings"] == 6                                   # trained on the page's 6 lines
     from common import load_checkpoint
-    assert load_checkpoint(str(rm), ["rm"])["metrics"]["rankings"] == 6   # trained on the page's 6 lines
+    assert load_checkpoint(str(tmp_path / "rm.pt"), ["rm"])["metrics"]["rankings"] == 6
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--k", "1"], "--k 1: must be 2..9"),
+    (["--port", "70000"], "--port 70000: must be 0..65535"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--temperature", "0"], "--temperature 0 \\(greedy\\) would give K identical responses"),
+    (["--prompts", "{tmp}/none.jsonl"], "--prompts .*none.jsonl: no such file"),
+    (["--out", "{tmp}"], "--out .*: is a folder"),
+    (["--out", "{tmp}/sft.jsonl"], ".*/sft.jsonl:1: expected 'responses'"),       # not a rankings file: never append
+    (["--out", "{tmp}/cut.jsonl"], "--out .*/cut.jsonl: the last line has no newline"),
+    (["--ckpt", "{tmp}/none.pt"], "--ckpt .*none.pt: no such file"),
+])
+def test_bad_input_is_one_error_line(tmp_path, flags, error):
+    (tmp_path / "sft.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    (tmp_path / "cut.jsonl").write_text('{"prompt": "p", "responses": ["a", "b"]}')
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    with pytest.raises(SystemExit, match="^error: " + error):
+        label.main(["--port", "0", "--out", str(tmp_path / "r.jsonl"), "--device", "cpu"] + flags)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_write_error_is_a_500_and_the_item_stays(tmp_path):
+    srv = label.LabelServer(("127.0.0.1", 0), fake_sample, ["p"], str(tmp_path / "no" / "r.jsonl"))
+    item = srv.next_item()
+    status, reply = srv.submit(json.dumps({"id": item["id"], "ranking": [0, 1, 2, 3]}))
+    assert status == 500 and "not saved" in reply["error"]
+    (tmp_path / "no").mkdir()                                         # fixed: the same ranking goes through
+    assert srv.submit(json.dumps({"id": item["id"], "ranking": [0, 1, 2, 3]}))[0] == 200
+    assert len(lines(srv.out)) == 1
+    srv.server_close()
