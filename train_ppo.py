@@ -6,10 +6,21 @@
 The policy starts as a copy of the SFT model and the reference is a frozen copy of it. Each
 iteration samples responses to a batch of training prompts, scores them with the reward model,
 turns the scores into per-token rewards with a KL penalty against the reference (InstructGPT
-eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps. Writes the
-LAST policy to --out (stage "ppo"; also every 10 iterations) and one log line per iteration to
-the .log.jsonl next to it. Picking the "best" iteration by reward-model score would select for
-reward over-optimization, and picking by gold score would peek at the test, so we don't.
+eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps.
+
+Output: the LAST policy in --out (stage "ppo", with its optimizer and beta for --resume; also
+saved every --save-interval iterations). Picking the "best" iteration by reward-model score would
+select for reward over-optimization, and picking by gold score would peek at the test, so we
+don't. One JSON line per iteration goes to the .log.jsonl next to --out (out/ppo.log.jsonl):
+    iter, score (the reward actually used: RM score, or --no-end-penalty when no <|end|>),
+    rm (mean normalized RM score), gold (mean simulated-labeler score), kl (mean KL to the SFT
+    model per response, nats), beta, entropy, approx_kl, clip_frac, pg_loss, vf_loss,
+    resp_len (tokens, <|end|> included), ended (share that wrote <|end|>), lr,
+    t_rollout, t_update (seconds of this iteration), time (seconds since the start).
+At the end, --eval-samples responses to the held-out prompts from the PPO policy and from the SFT
+model get gold and RM scores (stored in the checkpoint's metrics as heldout_*). Prompts of a
+--prompts file that the labeler cannot parse (labeler.parse_prompt) have no gold score: "gold"
+averages the others, and is left out when none of a batch parse.
 The math is the small functions right below, each next to its equation; train() is the loop.
 """
 import copy
@@ -130,16 +141,17 @@ class PPOConfig:
     reward: str = "out/rm.pt"         # the reward model (stage "rm", from train_rm.py)
     out: str = "out/ppo.pt"
     prompts: str = ""                 # JSONL {"prompt": ...}; empty: labeler.train_prompts()
-    resume: bool = False              # continue --out: its policy, value head, beta, iteration
+    resume: bool = False              # continue --out: policy, value head, optimizer, beta, iteration
     # rollout
     batch_size: int = 32              # episodes (prompt, response) per iteration
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     temperature: float = 1.0          # pure sampling at T; every log-prob divides by the same T
     no_end_penalty: float = -1.0      # the score of a response that never wrote <|end|>
     # PPO update
     ppo_epochs: int = 4
     minibatch_size: int = 8
-    lr: float = 1e-5                  # Adam (eps 1e-5), decays linearly to 0 over max_iters
+    lr: float = 3e-5                  # Adam (eps 1e-5), decays linearly to 0 over max_iters; on the
+                                      # default models: approx-KL ~0.01, clip fraction ~0.1 (1e-4: 0.1-0.3, 0.35)
     clip: float = 0.2                 # policy ratio clip (PPO eq. 7)
     vf_clip: float = 0.2              # value clip, in (normalized) reward units
     vf_coef: float = 0.1
@@ -149,7 +161,8 @@ class PPOConfig:
     # KL penalty
     beta: float = 0.05                # initial KL coefficient
     kl_target: float = 6.0            # nats per response; 0 = fixed beta
-    kl_horizon: int = 10000
+    kl_horizon: int = 1000            # episodes (Ziegler et al.: 10000 for runs of 100k+ episodes; the
+                                      # default run has ~2000, and beta must be able to move within it)
     # PPO-ptx: + ptx_coef * LM loss on corpus batches (InstructGPT eq. 2, last term)
     ptx_coef: float = 0.0
     ptx_data: str = "data/sotu.txt.gz"
@@ -157,6 +170,8 @@ class PPOConfig:
     # budget
     max_iters: int = 60
     max_minutes: float = 0.0          # stop early (and save) after this long; 0 = no limit
+    save_interval: int = 10           # iterations between checkpoints (and at the end)
+    eval_samples: int = 64            # held-out check at the end, per model (PPO, SFT); 0 = skip
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"           # auto | bf16 | fp32
@@ -194,14 +209,22 @@ def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
                 responses=responses, ended=[end_id in r for r in responses])
 
 
-def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx_batch=None, start_iter=0, beta=None):
+def make_optimizer(policy, cfg):
+    return torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)  # eps 1e-5: the PPO baselines'
+
+
+def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx_batch=None, start_iter=0,
+          beta=None, optimizer=None):
     """The PPO loop. prompts: token-id lists (the chat template's prompt part). reward_fn(prompts,
     responses, ended) -> (scores (B,) tensor, dict of metrics to log): the reward model in main(),
-    a toy reward in the tests. log(record, line); save(iteration, beta, record) every 10 iterations
-    and at the end; ptx_batch() -> (x, y) corpus batch for PPO-ptx. Returns (beta, last record)."""
+    a toy reward in the tests. log(record, line); save(iteration, beta, record) every
+    cfg.save_interval iterations and at the end; ptx_batch(generator) -> (x, y) corpus batch for
+    PPO-ptx. Every iteration draws from its own seeded generator, so a resumed run (start_iter,
+    beta, optimizer from the checkpoint) goes on exactly as the uninterrupted one would.
+    Returns (beta, last record)."""
     device = next(policy.parameters()).device
     ctx = autocast(device.type, cfg.precision)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    optimizer = make_optimizer(policy, cfg) if optimizer is None else optimizer
     policy.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
     ref.eval().requires_grad_(False)
     beta = cfg.beta if beta is None else beta
@@ -237,7 +260,7 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
                 vf_loss = value_loss(values, b["values"][mb], returns[mb], mask[mb], cfg.vf_clip)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if ptx_batch is not None and cfg.ptx_coef > 0:
-                    x, y = ptx_batch()
+                    x, y = ptx_batch(generator)
                     with ctx:
                         loss = loss + cfg.ptx_coef * policy(x, y)[1]
                 optimizer.zero_grad(set_to_none=True)
@@ -252,14 +275,15 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
         record = {"iter": it + 1, "score": scores.mean().item(), **metrics, "kl": kl_per_response,
                   "beta": beta, "entropy": b["entropy"], "approx_kl": akl, "clip_frac": cf,
                   "pg_loss": pg, "vf_loss": vf, "resp_len": mask.sum(1).mean().item(),
-                  "ended": ended.float().mean().item(), "lr": lr, "t_rollout": t1 - t0, "t_update": t2 - t1}
+                  "ended": ended.float().mean().item(), "lr": lr, "t_rollout": t1 - t0, "t_update": t2 - t1,
+                  "time": time.time() - t_start}
         if log is not None:
             log(record, f"iter {it + 1}/{cfg.max_iters}  " + "  ".join(
-                f"{k} {v:.3g}" for k, v in record.items() if k not in ("iter", "lr", "pg_loss")))
+                f"{k} {v:.3g}" for k, v in record.items() if k not in ("iter", "lr", "pg_loss", "time")))
         beta = update_beta(beta, kl_per_response, cfg.kl_target, cfg.batch_size, cfg.kl_horizon)
-        if save is not None and ((it + 1) % 10 == 0 or it + 1 == cfg.max_iters):
+        if save is not None and ((it + 1) % cfg.save_interval == 0 or it + 1 == cfg.max_iters):
             save(it + 1, beta, record)
-    if save is not None and record and record["iter"] % 10 and record["iter"] != cfg.max_iters:
+    if save is not None and record and record["iter"] % cfg.save_interval and record["iter"] != cfg.max_iters:
         save(record["iter"], beta, record)  # stopped by --max-minutes between saves
     return beta, record
 
@@ -285,24 +309,51 @@ def corpus_batches(cfg, tok, block_size, device):
     """PPO-ptx: random windows of the pretraining corpus, (x, y = x shifted by one)."""
     text = read_corpus(cfg.ptx_data)
     tokens = torch.tensor(tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}))
-    g = torch.Generator().manual_seed(cfg.seed)
+    if len(tokens) < block_size + 2:
+        fail(f"--ptx-data {cfg.ptx_data}: {len(tokens)} tokens, fewer than one block of {block_size + 1}")
 
-    def batch():
-        starts = torch.randint(len(tokens) - block_size - 1, (cfg.ptx_batch_size,), generator=g)
-        rows = torch.stack([tokens[s: s + block_size + 1] for s in starts.tolist()]).to(device)
+    def batch(generator):
+        starts = torch.randint(len(tokens) - block_size - 1, (cfg.ptx_batch_size,), generator=generator,
+                               device=generator.device).tolist()
+        rows = torch.stack([tokens[s: s + block_size + 1] for s in starts]).to(device)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
     return batch
+
+
+@torch.no_grad()
+def heldout_eval(policy, ref, prompts, reward_fn, cfg, end_id, ctx):
+    """The end-of-run check: responses to held-out prompts (topic/tone pairs PPO never trained on)
+    from the PPO policy and from the SFT model, sampled as in the rollouts (temperature T), with their
+    mean gold and RM scores; and the policy's mean KL to SFT per response (sum over its tokens of
+    log pi - log pi_ref, a Monte Carlo estimate of KL(pi || pi_SFT))."""
+    device = next(policy.parameters()).device
+    prompts = [prompts[i % len(prompts)] for i in range(cfg.eval_samples)]
+    out = {}
+    for name, model in (("sft", ref), ("ppo", policy)):
+        g = torch.Generator(device=device).manual_seed(cfg.seed)
+        b = rollout(model, ref, prompts, cfg, end_id, g, ctx)
+        _, metrics = reward_fn(prompts, b["responses"], b["ended"])
+        suffix = "" if name == "ppo" else "_sft"
+        out.update({f"heldout_{k}{suffix}": v for k, v in metrics.items()})
+        out[f"heldout_kl{suffix}"] = ((b["logp"] - b["logp_ref"]) * b["mask"]).sum(1).mean().item()
+        out[f"heldout_ended{suffix}"] = sum(b["ended"]) / len(b["ended"])
+    return out
 
 
 def main(argv=None):
     cfg = parse_config(PPOConfig, __doc__.split("\n")[0], argv)
     for flag, value in (("--temperature", cfg.temperature), ("--batch-size", cfg.batch_size),
                         ("--minibatch-size", cfg.minibatch_size), ("--max-new-tokens", cfg.max_new_tokens),
-                        ("--ppo-epochs", cfg.ppo_epochs), ("--max-iters", cfg.max_iters), ("--kl-horizon", cfg.kl_horizon)):
+                        ("--ppo-epochs", cfg.ppo_epochs), ("--max-iters", cfg.max_iters),
+                        ("--kl-horizon", cfg.kl_horizon), ("--lr", cfg.lr), ("--clip", cfg.clip),
+                        ("--vf-clip", cfg.vf_clip), ("--ptx-batch-size", cfg.ptx_batch_size),
+                        ("--save-interval", cfg.save_interval)):
         if value <= 0:
             fail(f"{flag} {value}: must be positive")
-    if cfg.beta < 0 or cfg.kl_target < 0:
-        fail("--beta and --kl-target cannot be negative")
+    for flag, value in (("--beta", cfg.beta), ("--kl-target", cfg.kl_target), ("--ptx-coef", cfg.ptx_coef),
+                        ("--eval-samples", cfg.eval_samples), ("--max-minutes", cfg.max_minutes)):
+        if value < 0:
+            fail(f"{flag} {value}: cannot be negative")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
@@ -318,11 +369,16 @@ def main(argv=None):
     rm.load_state_dict(rm_ckpt["model"])
     rm = rm.to(device).eval().requires_grad_(False)
     prompts = load_prompts(cfg.prompts) if cfg.prompts else labeler.train_prompts()
+    unscored = sum(labeler.parse_prompt(p) is None for p in prompts)
+    if unscored:  # the gold score is only defined for the labeler's own task prompts
+        print(f"note: {unscored} of {len(prompts)} prompts in {cfg.prompts} are not labeler task prompts "
+              f"('Write a <tone> sentence about <topic>.'); the logged gold score "
+              f"{'averages the others' if unscored < len(prompts) else 'is left out'}")
     prompt_ids = [encode_prompt(tok, p) for p in prompts]
     longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
     if longest > min(policy.config.block_size, rm.config.block_size):
-        fail(f"--max-new-tokens {cfg.max_new_tokens}: prompt + response ({longest} tokens) exceeds the "
-             f"models' block size")
+        fail(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt + response ({longest} tokens) exceeds "
+             f"the models' block size ({min(policy.config.block_size, rm.config.block_size)})")
 
     # The reference is the frozen SFT model. The value function is a head on the policy's own
     # trunk, zero-initialised: one forward pass gives both the logits and the values (a separate
@@ -334,28 +390,45 @@ def main(argv=None):
         policy.scalar_head.weight.zero_()
         if policy.scalar_head.bias is not None:
             policy.scalar_head.bias.zero_()
+    optimizer = make_optimizer(policy, cfg)
     start_iter, beta = 0, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out, ("ppo",), flag="--resume")
+        if ckpt["config"] != init_ckpt["config"] or "optimizer" not in ckpt or "kl_beta" not in ckpt:
+            fail(f"--resume {cfg.out}: not a PPO run of --init {cfg.init} (other model config, or no optimizer state)")
         policy.load_state_dict(ckpt["model"])
-        start_iter, beta = ckpt["step"], ckpt["kl_beta"]  # Adam restarts from zero moments
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_iter, beta = ckpt["step"], ckpt["kl_beta"]
         print(f"resuming from iteration {start_iter}, beta {beta:.4g}")
+        if start_iter >= cfg.max_iters:
+            print(f"note: {cfg.out} already ran {start_iter} iterations (--max-iters {cfg.max_iters}): no training")
     print(f"policy {policy.num_params() / 1e6:.2f} M parameters, reward model {rm.num_params() / 1e6:.2f} M, "
           f"{len(prompts)} prompts, device {device}")
 
     ctx = autocast(device, cfg.precision)
     log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", append=cfg.resume)
     save = lambda it, beta, record: save_checkpoint(cfg.out, stage="ppo", model=policy, tokenizer=tok, step=it,
-                                                    args=asdict(cfg), metrics=record, kl_beta=beta)
+                                                    args=asdict(cfg), metrics=record, kl_beta=beta,
+                                                    optimizer=optimizer.state_dict())
     ptx = corpus_batches(cfg, tok, policy.config.block_size, device) if cfg.ptx_coef > 0 else None
-    train(cfg, policy, ref, prompt_ids, reward_model_fn(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"], tok, ctx),
-          tok.special_tokens["<|end|>"], log, save, ptx, start_iter, beta)
-    print(f"saved {cfg.out}; samples:")
+    reward_fn = reward_model_fn(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"], tok, ctx)
     end = tok.special_tokens["<|end|>"]
+    t0 = time.time()
+    beta, record = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter, beta, optimizer)
+    if cfg.eval_samples > 0:
+        held = heldout_eval(policy, ref, [encode_prompt(tok, p) for p in labeler.heldout_prompts()],
+                            reward_fn, cfg, end, ctx)
+        print(f"held-out prompts, {cfg.eval_samples} samples each at T={cfg.temperature}: "
+              f"gold {held['heldout_gold']:.3f} (SFT {held['heldout_gold_sft']:.3f}), "
+              f"RM {held['heldout_rm']:.3f} (SFT {held['heldout_rm_sft']:.3f}), KL to SFT {held['heldout_kl']:.2f} "
+              f"nats/response, ended {held['heldout_ended']:.2f} (SFT {held['heldout_ended_sft']:.2f})")
+        save(max(start_iter, record.get("iter", 0)), beta, {**record, **held})
+    print(f"saved {cfg.out} after {(time.time() - t0) / 60:.1f} min; samples:")
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     for p in (labeler.heldout_prompts() if not cfg.prompts else prompts)[:3]:
         with torch.no_grad(), ctx:
-            r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature, stop_token=end, generator=g)[0][0]
+            r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature, stop_token=end,
+                                generator=g)[0][0]
         print(f"  {p}\n  > {tok.decode([t for t in r if t != end])}")
 
 

@@ -32,6 +32,10 @@ from common import (POLICY_STAGES, Log, autocast, cosine_lr, fail, load_model, p
 from data import encode_prompt, left_pad, load_rankings
 
 
+SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide batches
+                     # sample ~1.6x faster on a CPU than 64 (the KV cache for 256 rows is a few MB)
+
+
 @dataclass
 class RMConfig:
     init: str = "out/sft.pt"         # the trunk the RM starts from (InstructGPT: the SFT model)
@@ -39,14 +43,14 @@ class RMConfig:
     policy: str = ""                 # sample the K responses from this checkpoint instead of --init
     data: str = ""                   # rankings JSONL; empty: sample, and the simulated labeler ranks
     k: int = 4                       # responses per prompt (InstructGPT's labelers ranked 4 to 9)
-    n_prompts: int = 400             # rankings to collect: the training prompts, cycled
-    eval_prompts: int = 90           # rankings on held-out prompts for the evaluation
+    n_prompts: int = 600             # rankings to collect: the training prompts, cycled
+    eval_prompts: int = 90           # rankings on held-out prompts for the evaluation (10 per prompt)
     label_noise: float = 0.05        # std of the Gaussian noise the labeler adds to its score
     temperature: float = 1.0
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     epochs: int = 1
     batch_size: int = 8              # rankings per step (K responses each)
-    lr: float = 2e-4
+    lr: float = 3e-4
     warmup_iters: int = 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -126,7 +130,8 @@ def sample_rankings(policy, tok, prompts, cfg, seed, device, ctx):
     end = tok.special_tokens["<|end|>"]
     with ctx:
         responses, ended = sample_responses(policy, tok, [p for p in prompts for _ in range(cfg.k)],
-                                            cfg.max_new_tokens, cfg.temperature, seed=seed, device=device)
+                                            cfg.max_new_tokens, cfg.temperature, seed=seed, device=device,
+                                            batch_size=SAMPLE_BATCH)
     rng = np.random.default_rng(seed)
     rankings, samples = [], []
     for n, prompt in enumerate(prompts):
@@ -266,7 +271,7 @@ def main(argv=None):
     if cfg.data or cfg.policy:  # the normalization wants samples of the SFT model (--init) itself
         with ctx:
             responses, ended = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
-                                                seed=cfg.seed + 2, device=device)
+                                                seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
         end = tok.special_tokens["<|end|>"]
         norm_seqs = [encode_prompt(tok, p) + r + [end] * e for p, r, e in zip(prompts, responses, ended)]
     eval_rankings = sample_rankings(policy, tok, [held[i % len(held)] for i in range(cfg.eval_prompts)],

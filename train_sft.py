@@ -40,7 +40,7 @@ class SFTConfig:
     eval_iters: int = 5
     eval_samples: int = 64           # responses sampled on held-out prompts at each evaluation
     temperature: float = 0.7         # sampling for the labeler evaluation
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"

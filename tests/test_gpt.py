@@ -3,6 +3,7 @@ import gzip
 import io
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -263,3 +264,15 @@ def test_bf16_autocast_loss_close_to_fp32():
             losses[dtype] = model(held_out[:, :-1], held_out[:, 1:])[1].item()
     assert losses[torch.float32] < 3.5      # it learned something
     assert abs(losses[torch.bfloat16] - losses[torch.float32]) / losses[torch.float32] < 0.02
+
+
+def test_bench_script_runs():
+    """bench/model.py runs end to end at a tiny size (timings are the bench's business, not a test's)."""
+    bench = os.path.join(os.path.dirname(__file__), "..", "bench", "model.py")
+    flags = "--layers 1 --heads 2 --embd 32 --block 16 --batch 2 --vocab 64 --steps 3 --warmup 1 --threads 1 " \
+            "--prompt-len 4 --new-tokens 5 --gen-batch 1 3"
+    out = subprocess.run([sys.executable, bench, *flags.split()], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "bf16 autocast / fp32 throughput" in out.stdout and "learned+gelu" in out.stdout
+    gen = out.stdout.split("(b) generation")[1].splitlines()[2:]
+    assert len(gen) == 4 and all(line.split()[-1] in ("True", "False") for line in gen)   # 2 batches x 2 dtypes

@@ -12,6 +12,15 @@ import train_ppo as ppo  # noqa: E402
 from gpt import GPT, GPTConfig  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread is several times faster than two fighting over 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def random_mask(B, T, seed=0):
     """Left-padded rows: each row's actions are its last n columns, n in 1..T (different lengths)."""
     g = torch.Generator().manual_seed(seed)
@@ -71,7 +80,8 @@ def test_whitening_ignores_padding():
     assert (w[~mask.bool()] == 0).all()
     junk = x + 1000 * (1 - mask)  # whatever sits in the padding changes nothing
     assert torch.allclose(ppo.masked_whiten(junk, mask), w, atol=1e-5)
-    assert torch.allclose(real, (x[mask.bool()] - x[mask.bool()].mean()) / x[mask.bool()].std(unbiased=False), atol=1e-4)
+    xs = x[mask.bool()]
+    assert torch.allclose(real, (xs - xs.mean()) / xs.std(unbiased=False), atol=1e-4)
 
 
 def test_kl_and_score_rewards_on_the_right_positions():
@@ -127,13 +137,26 @@ def test_kl_controller():
     assert ppo.update_beta(0.1, 50.0, 0, 64, 10000) == 0.1  # target 0: fixed beta
 
 
+def test_kl_controller_closes_the_loop():
+    """A stand-in policy whose KL falls as beta grows (KL = 1 / beta): from either side, the
+    controller walks beta monotonically towards the beta that gives the target KL (1 / 6)."""
+    for beta0 in (0.02, 1.0):
+        beta, betas = beta0, []
+        for _ in range(300):
+            beta = ppo.update_beta(beta, 1 / beta, 6.0, 64, 640)
+            betas.append(beta)
+        steps = [b - a for a, b in zip([beta0] + betas, betas)]
+        assert all(d >= 0 for d in steps) if beta0 < 1 / 6 else all(d <= 0 for d in steps)
+        assert 1 / beta == pytest.approx(6.0, rel=0.05)
+
+
 # ----------------------------------------------------------------------------- rollout and loop
 VOCAB, END, TOKEN = 16, 15, 5
 
 
-def tiny_gpt(seed=0):
+def tiny_gpt(seed=0, n_layer=2):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=VOCAB, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    return GPT(GPTConfig(vocab_size=VOCAB, block_size=32, n_layer=n_layer, n_head=2, n_embd=32)).eval()
 
 
 def tiny_cfg(**kw):
@@ -156,6 +179,7 @@ def test_rollout_logprobs_equal_generate_and_ratio_is_one():
     for i, r in enumerate(responses):
         m = b["mask"][i].bool()
         assert m.sum() == len(r) and b["idx"][i, -len(r):].tolist() == r
+        assert b["idx"][i, 1:][m].tolist() == r  # column t of the mask <-> action idx[t + 1]
         # recomputed with a full forward, at the sampling temperature, shifted by one: == generate's
         assert torch.allclose(b["logp"][i][m], torch.tensor(gen_logp[i]), atol=1e-4)
         assert (b["values"][i] == 0).all()  # the zero-initialised value head
@@ -165,16 +189,19 @@ def test_rollout_logprobs_equal_generate_and_ratio_is_one():
 
 
 def test_toy_reward_goes_up():
-    """Reward = how often TOKEN appears in the response: PPO must learn to say it more."""
-    policy, ref = tiny_gpt(), tiny_gpt()
+    """Reward = how often TOKEN appears in the response: PPO must learn to say it more, and the KL
+    to the reference it pays for that must show up in the log (positive, growing)."""
+    policy, ref = tiny_gpt(n_layer=1), tiny_gpt(n_layer=1)
     prompts = [[1, 2, 3], [4, 2], [6, 7, 8, 9], [10]]
     toy = lambda p, responses, ended: (torch.tensor([float(r.count(TOKEN)) for r in responses]), {})
     records = []
-    ppo.train(tiny_cfg(no_end_penalty=0.0), policy, ref, prompts, toy, END, log=lambda r, line: records.append(r))
+    cfg = tiny_cfg(no_end_penalty=0.0, minibatch_size=16, max_iters=20)
+    ppo.train(cfg, policy, ref, prompts, toy, END, log=lambda r, line: records.append(r))
     first = sum(r["score"] for r in records[:3]) / 3
     last = sum(r["score"] for r in records[-3:]) / 3
-    assert len(records) == 25 and first < 1.0 and last > first + 1.5, (first, last)
+    assert len(records) == 20 and first < 0.5 and last > first + 3, (first, last)
     assert all(r["approx_kl"] < 0.5 for r in records)
+    assert records[0]["kl"] == pytest.approx(0, abs=1e-4) and records[-1]["kl"] > 1
 
 
 # ----------------------------------------------------------------------------- the script
@@ -196,23 +223,119 @@ def tiny_checkpoints(tmp_path_factory):
     return d
 
 
+def run(d, out, *flags):
+    """main() on the tiny checkpoints, small settings; returns the log's records."""
+    import json
+    ppo.main(["--init", str(d / "sft.pt"), "--reward", str(d / "rm.pt"), "--out", str(d / out),
+              "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "8", "--device", "cpu",
+              "--precision", "fp32", "--eval-samples", "0", *flags])
+    return [json.loads(line) for line in open(d / out.replace(".pt", ".log.jsonl"))]
+
+
 def test_reward_must_be_a_reward_model(tiny_checkpoints):
     d = tiny_checkpoints
     with pytest.raises(SystemExit, match="needs a reward model"):
         ppo.main(["--init", str(d / "sft.pt"), "--reward", str(d / "sft.pt"), "--out", str(d / "x.pt")])
+    assert not (d / "x.pt").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--batch-size 0: must be positive"),
+    (["--beta", "-1"], "--beta -1.0: cannot be negative"),
+    (["--max-new-tokens", "47"], "--max-new-tokens 47: the longest prompt"),
+    (["--reward", "nope.pt"], "--reward nope.pt: no such file"),
+    (["--resume", "--max-new-tokens", "8"], "--resume .*: no such file"),
+])
+def test_bad_flags_give_one_clear_error(tiny_checkpoints, flags, message):
+    d = tiny_checkpoints
+    with pytest.raises(SystemExit, match=message) as e:
+        ppo.main(["--init", str(d / "sft.pt"), "--reward", str(d / "rm.pt"), "--out", str(d / "y.pt"), *flags])
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+
+
+def test_reward_fn_reads_the_rm_at_the_last_token_and_the_labeler(tiny_checkpoints):
+    """The RM score of a row does not depend on the other rows (padding); the gold score is the
+    labeler's on the decoded response, with ended=False for a response without <|end|>."""
+    import labeler
+    from common import load_model
+    from data import encode_prompt
+    d = tiny_checkpoints
+    rm, tok, ckpt = load_model(str(d / "rm.pt"), ("rm",))
+    rm.eval()
+    fn = ppo.reward_model_fn(rm, ckpt["rm_gain"], ckpt["rm_bias"], tok, ppo.autocast("cpu", "fp32"))
+    end, enc = tok.special_tokens["<|end|>"], tok.to_tiktoken().encode_ordinary
+    texts = ["Write a cheerful sentence about money.", "Write a gloomy sentence about the army."]
+    prompts = [encode_prompt(tok, t) for t in texts]
+    responses = [enc("Good money.") + [end], enc("War")]
+    scores, metrics = fn(prompts, responses, [True, False])
+    for i in range(2):
+        alone, _ = fn(prompts[i:i + 1], responses[i:i + 1], [True, False][i:i + 1])
+        assert scores[i].item() == pytest.approx(alone.item(), abs=1e-5)
+    h = rm.hidden(torch.tensor([prompts[0] + responses[0]]))
+    assert scores[0].item() == pytest.approx(2.0 * rm.scalar(h)[0, -1].item() - 0.5, abs=1e-5)
+    gold = [labeler.score(texts[0], "Good money.")[0],
+            labeler.score(texts[1], "War", ended=False)[0]]
+    assert metrics["gold"] == pytest.approx(sum(gold) / 2) and gold[0] > gold[1]
+    assert metrics["rm"] == pytest.approx(scores.mean().item())
 
 
 def test_main_runs_and_writes_a_ppo_checkpoint(tiny_checkpoints):
-    import json
+    from common import load_checkpoint, load_model
+    d = tiny_checkpoints
+    records = run(d, "ppo.pt", "--max-iters", "2", "--eval-samples", "4", "--ptx-coef", "0.1",
+                  "--ptx-data", str(d / "corpus.txt"))
+    ckpt = load_checkpoint(str(d / "ppo.pt"), ("ppo",))
+    assert ckpt["step"] == 2 and ckpt["kl_beta"] > 0 and "optimizer" in ckpt
+    for key in ("heldout_gold", "heldout_gold_sft", "heldout_rm", "heldout_rm_sft", "heldout_kl"):
+        assert key in ckpt["metrics"], key
+    assert ckpt["metrics"]["heldout_kl_sft"] == 0  # the SFT model against itself
+    assert [r["iter"] for r in records] == [1, 2]
+    for key in ("iter", "score", "rm", "gold", "kl", "beta", "entropy", "approx_kl", "clip_frac", "vf_loss",
+                "resp_len", "ended", "t_rollout", "t_update", "time"):
+        assert key in records[-1], key
+    assert 0 <= records[-1]["gold"] <= 1 and 0 <= records[-1]["ended"] <= 1
+    model, _, _ = load_model(str(d / "ppo.pt"), ("pretrain", "sft", "ppo"))  # loadable wherever a policy is
+    assert model.config.n_layer == 1
+
+
+def test_resume_continues_exactly(tiny_checkpoints, monkeypatch):
+    """Crash in the 3rd iteration of a 3-iteration run that saves every iteration, resume it, and
+    land on the same weights and log as a run that was never interrupted."""
     from common import load_checkpoint
     d = tiny_checkpoints
-    ppo.main(["--init", str(d / "sft.pt"), "--reward", str(d / "rm.pt"), "--out", str(d / "ppo.pt"),
-              "--max-iters", "2", "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "8",
-              "--device", "cpu", "--ptx-coef", "0.1", "--ptx-data", str(d / "corpus.txt")])
-    ckpt = load_checkpoint(str(d / "ppo.pt"), ("ppo",))
-    assert ckpt["step"] == 2 and ckpt["kl_beta"] > 0
-    records = [json.loads(line) for line in open(d / "ppo.log.jsonl")]
-    assert len(records) == 2
-    for key in ("score", "rm", "gold", "kl", "beta", "entropy", "approx_kl", "clip_frac", "vf_loss",
-                "resp_len", "t_rollout", "t_update"):
-        assert key in records[-1], key
+    flags = ["--max-iters", "3", "--save-interval", "1"]
+    straight = run(d, "a.pt", *flags)
+    calls, rollout = [], ppo.rollout
+
+    def crashing_rollout(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return rollout(*args)
+    monkeypatch.setattr(ppo, "rollout", crashing_rollout)
+    with pytest.raises(KeyboardInterrupt):
+        run(d, "b.pt", *flags)
+    monkeypatch.setattr(ppo, "rollout", rollout)
+    assert load_checkpoint(str(d / "b.pt"))["step"] == 2
+    resumed = run(d, "b.pt", *flags, "--resume")
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("t") and k != "time"}
+    assert [drop(r) for r in resumed] == [drop(r) for r in straight]
+    a, b = load_checkpoint(str(d / "a.pt")), load_checkpoint(str(d / "b.pt"))
+    assert b["step"] == 3 and a["kl_beta"] == b["kl_beta"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_prompts_the_labeler_cannot_score(tiny_checkpoints, capsys):
+    """Custom --prompts: the gold score averages the labeler's task prompts, and is left out when
+    there are none; a malformed file is one error naming the line."""
+    d = tiny_checkpoints
+    (d / "mixed.jsonl").write_text('{"prompt": "Tell me a joke."}\n'
+                                   '{"prompt": "Write a gloomy sentence about money."}\n')
+    (d / "none.jsonl").write_text('{"prompt": "Tell me a joke."}\n')
+    (d / "bad.jsonl").write_text('{"prompt": "Tell me a joke."}\n{"prompt": 3}\n')
+    assert "gold" in run(d, "m.pt", "--max-iters", "1", "--prompts", str(d / "mixed.jsonl"))[0]
+    assert "1 of 2 prompts" in capsys.readouterr().out
+    assert "gold" not in run(d, "n.pt", "--max-iters", "1", "--prompts", str(d / "none.jsonl"))[0]
+    with pytest.raises(SystemExit, match="bad.jsonl:2: field 'prompt' must be a string"):
+        run(d, "x.pt", "--prompts", str(d / "bad.jsonl"))

@@ -1,0 +1,71 @@
+"""The whole chain in one command: pretrain -> SFT -> RM -> PPO -> eval, each stage's time, then the report.
+
+    python pipeline.py                      # the defaults, into out/ (about a quarter of an hour on a 2-core CPU)
+    python pipeline.py --quick              # tiny settings on a slice of the corpus, into out/quick/ (about a minute)
+
+Each stage is its script's main() with the flags below, so `python pipeline.py` does exactly what the
+five commands in the README do one by one; --out-dir only moves where every checkpoint goes.
+"""
+import argparse
+import gzip
+import os
+import time
+
+import eval as evaluate
+import train_ppo
+import train_pretrain
+import train_rm
+import train_sft
+
+# --quick: a 1-layer, 32-wide model and a few steps per stage; enough to run every line of every stage
+QUICK = {
+    "pretrain": "--vocab-size 384 --n-layer 1 --n-head 2 --n-embd 32 --block-size 128 --batch-size 8 "
+                "--max-iters 30 --warmup-iters 5 --eval-interval 30 --eval-iters 2",
+    "sft": "--n-demos 200 --batch-size 8 --max-iters 20 --warmup-iters 5 --eval-interval 20 --eval-iters 2 "
+           "--eval-samples 9 --max-new-tokens 32",
+    "rm": "--n-prompts 16 --eval-prompts 9 --batch-size 4 --max-new-tokens 32",
+    "ppo": "--batch-size 8 --minibatch-size 4 --ppo-epochs 1 --max-iters 3 --max-new-tokens 32",
+    "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2",
+}
+QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains on them in a second
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
+    parser.add_argument("--out-dir", default=None, help="where every checkpoint goes (default out/, or out/quick/)")
+    args = parser.parse_args(argv)
+    d = args.out_dir or ("out/quick" if args.quick else "out")
+    os.makedirs(d, exist_ok=True)
+    ckpt = lambda stage: os.path.join(d, f"{stage}.pt")
+    corpus = []
+    if args.quick:   # a slice of the corpus, cut at a paragraph (address) boundary
+        with gzip.open("data/sotu.txt.gz", "rt", encoding="utf-8") as f:
+            text = f.read(QUICK_CORPUS_CHARS).rsplit("\n\n", 1)[0]
+        corpus_path = os.path.join(d, "corpus.txt")
+        with open(corpus_path, "w", encoding="utf-8") as f:
+            f.write(text)
+        corpus = ["--data", corpus_path]
+    stages = [
+        ("pretrain", train_pretrain.main, ["--out", ckpt("pretrain"), *corpus]),
+        ("sft", train_sft.main, ["--init", ckpt("pretrain"), "--out", ckpt("sft"),
+                                 *(["--corpus", corpus[1]] if corpus else [])]),
+        ("rm", train_rm.main, ["--init", ckpt("sft"), "--out", ckpt("rm")]),
+        ("ppo", train_ppo.main, ["--init", ckpt("sft"), "--reward", ckpt("rm"), "--out", ckpt("ppo")]),
+        ("eval", evaluate.main, ["--out-dir", d]),
+    ]
+    times, t_start = {}, time.time()
+    for name, stage_main, stage_args in stages:
+        print(f"\n=== {name}: python {stage_main.__module__}.py {' '.join(stage_args)}"
+              f"{' (+ quick settings)' if args.quick else ''}", flush=True)
+        t0 = time.time()
+        stage_main(stage_args + (QUICK[name].split() if args.quick else []))
+        times[name] = time.time() - t0
+        print(f"=== {name} done in {times[name]:.0f}s", flush=True)
+    print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) +
+          f"; total {(time.time() - t_start) / 60:.1f} min")
+    return times
+
+
+if __name__ == "__main__":
+    main()
