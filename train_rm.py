@@ -42,13 +42,13 @@ class RMConfig:
     out: str = "out/rm.pt"
     policy: str = ""                 # sample the K responses from this checkpoint instead of --init
     data: str = ""                   # rankings JSONL; empty: sample, and the simulated labeler ranks
-    k: int = 4                       # responses per prompt (InstructGPT's labelers ranked 4 to 9)
-    n_prompts: int = 600             # rankings to collect: the training prompts, cycled
+    k: int = 8                       # responses per prompt (InstructGPT's labelers ranked 4 to 9)
+    n_prompts: int = 300             # rankings to collect: the training prompts, cycled
     eval_prompts: int = 90           # rankings on held-out prompts for the evaluation (10 per prompt)
     label_noise: float = 0.05        # std of the Gaussian noise the labeler adds to its score
     temperature: float = 1.0
     max_new_tokens: int = 64
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 8              # rankings per step (K responses each)
     lr: float = 3e-4
     warmup_iters: int = 10

@@ -63,9 +63,9 @@ def test_each_response_is_scored_once_per_step(tiny_tok, monkeypatch):
     monkeypatch.setattr(model, "hidden", lambda idx, pad_mask=None: rows.append(len(idx)) or hidden(idx, pad_mask))
     p = encode_prompt(tiny_tok, PROMPT)
     rankings = [{"seqs": [p + [10 + i, 20 + j] for j in range(4)], "gold": None} for i in range(2)]
-    cfg = train_rm.RMConfig(batch_size=2, precision="fp32")
+    cfg = train_rm.RMConfig(batch_size=2, epochs=1, precision="fp32")
     train_rm.train(model, rankings, cfg, "cpu")
-    assert rows == [8]  # 2 rankings x K=4 responses in one forward, not 2 x C(4,2) x 2 = 24
+    assert rows == [8]  # 2 rankings x K=4 responses in one forward per step (one step), not 2 x C(4,2) x 2 = 24
 
 
 def test_pair_record_and_k2_ranking_give_the_same_loss(tmp_path, tiny_tok):
