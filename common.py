@@ -23,6 +23,22 @@ def fail(msg):
     raise SystemExit(f"error: {msg}")
 
 
+def check_flags(positive=(), nonnegative=()):
+    """fail() on the first (flag, value) pair out of range."""
+    for flag, value in positive:
+        if value <= 0:
+            fail(f"{flag} {value}: must be positive")
+    for flag, value in nonnegative:
+        if value < 0:
+            fail(f"{flag} {value}: cannot be negative")
+
+
+def last_index(mask):
+    """Column of each row's last True entry: the last real token (left or right padding)."""
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    return (mask * cols).argmax(1)
+
+
 def parse_config(cls, description, argv=None):
     """Flags from a stage's config dataclass: every field becomes --field-name, its default the
     demo's value (bools become --x/--no-x). One place, so each stage lists its knobs once."""

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import labeler
-from common import autocast, fail, load_model, parse_config, pick_device, sample_responses
+from common import autocast, check_flags, fail, load_model, parse_config, pick_device, sample_responses
 from data import encode_prompt, left_pad
 from train_ppo import action_logprobs
 from train_pretrain import get_lm_batch, lm_loss, prepare_tokens
@@ -225,8 +225,7 @@ def markdown(res):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = parse_config(EvalConfig, __doc__.split("\n")[0], argv)
-    if cfg.samples_per_prompt < 1 or cfg.max_new_tokens < 1:
-        fail("--samples-per-prompt and --max-new-tokens must be at least 1")
+    check_flags(positive=(("--samples-per-prompt", cfg.samples_per_prompt), ("--max-new-tokens", cfg.max_new_tokens)))
     t_start = time.time()
     os.makedirs(cfg.out_dir, exist_ok=True)
     device = pick_device(cfg.device)

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, fail, load_checkpoint, load_model, parse_config,
-                    pick_device, save_checkpoint)
+from common import (POLICY_STAGES, Log, autocast, check_flags, fail, last_index, load_checkpoint, load_model,
+                    parse_config, pick_device, save_checkpoint)
 from data import encode_prompt, left_pad, load_prompts, read_corpus
 from gpt import GPT, GPTConfig
 from train_rm import rm_score
@@ -67,12 +67,6 @@ def masked_whiten(x, mask, eps=1e-8):
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + eps) * mask
-
-
-def last_index(mask):
-    """Column of each row's last True entry (the last response token)."""
-    cols = torch.arange(mask.shape[1], device=mask.device)
-    return (mask * cols).argmax(1)
 
 
 def kl_rewards(logp, logp_ref, scores, mask, beta):
@@ -342,18 +336,14 @@ def heldout_eval(policy, ref, prompts, reward_fn, cfg, end_id, ctx):
 
 def main(argv=None):
     cfg = parse_config(PPOConfig, __doc__.split("\n")[0], argv)
-    for flag, value in (("--temperature", cfg.temperature), ("--batch-size", cfg.batch_size),
-                        ("--minibatch-size", cfg.minibatch_size), ("--max-new-tokens", cfg.max_new_tokens),
-                        ("--ppo-epochs", cfg.ppo_epochs), ("--max-iters", cfg.max_iters),
-                        ("--kl-horizon", cfg.kl_horizon), ("--lr", cfg.lr), ("--clip", cfg.clip),
-                        ("--vf-clip", cfg.vf_clip), ("--ptx-batch-size", cfg.ptx_batch_size),
-                        ("--save-interval", cfg.save_interval)):
-        if value <= 0:
-            fail(f"{flag} {value}: must be positive")
-    for flag, value in (("--beta", cfg.beta), ("--kl-target", cfg.kl_target), ("--ptx-coef", cfg.ptx_coef),
-                        ("--eval-samples", cfg.eval_samples), ("--max-minutes", cfg.max_minutes)):
-        if value < 0:
-            fail(f"{flag} {value}: cannot be negative")
+    check_flags(positive=(("--temperature", cfg.temperature), ("--batch-size", cfg.batch_size),
+                          ("--minibatch-size", cfg.minibatch_size), ("--max-new-tokens", cfg.max_new_tokens),
+                          ("--ppo-epochs", cfg.ppo_epochs), ("--max-iters", cfg.max_iters),
+                          ("--kl-horizon", cfg.kl_horizon), ("--lr", cfg.lr), ("--clip", cfg.clip),
+                          ("--vf-clip", cfg.vf_clip), ("--ptx-batch-size", cfg.ptx_batch_size),
+                          ("--save-interval", cfg.save_interval)),
+                nonnegative=(("--beta", cfg.beta), ("--kl-target", cfg.kl_target), ("--ptx-coef", cfg.ptx_coef),
+                             ("--eval-samples", cfg.eval_samples), ("--max-minutes", cfg.max_minutes)))
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, cosine_lr, fail, load_model, parse_config, pick_device,
-                    sample_responses, save_checkpoint)
+from common import (POLICY_STAGES, Log, autocast, check_flags, cosine_lr, fail, last_index, load_model,
+                    parse_config, pick_device, sample_responses, save_checkpoint)
 from data import encode_prompt, left_pad, load_rankings
 
 
@@ -65,8 +65,7 @@ def rm_score(model, idx, pad_mask=None, gain=1.0, bias=0.0):
     mean-pooled; gain * r + bias. Works for left, right or no padding."""
     pad_mask = torch.ones_like(idx, dtype=torch.bool) if pad_mask is None else pad_mask
     h = model.hidden(idx, pad_mask)
-    last = idx.size(1) - 1 - pad_mask.flip(1).int().argmax(1)      # column of each row's last True
-    return gain * model.scalar(h[torch.arange(len(idx), device=idx.device), last]).float() + bias
+    return gain * model.scalar(h[torch.arange(len(idx), device=idx.device), last_index(pad_mask)]).float() + bias
 
 
 def score_seqs(model, seqs, device):
@@ -238,12 +237,9 @@ def main(argv=None):
     cfg = parse_config(RMConfig, __doc__.split("\n")[0], argv)
     if not 2 <= cfg.k <= 9:
         fail(f"--k {cfg.k}: rank between 2 and 9 responses per prompt (InstructGPT's labelers ranked 4 to 9)")
-    for flag, value in (("--n-prompts", cfg.n_prompts), ("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size),
-                        ("--max-new-tokens", cfg.max_new_tokens), ("--eval-prompts", cfg.eval_prompts)):
-        if value < 1:
-            fail(f"{flag} {value}: must be at least 1")
-    if cfg.label_noise < 0:
-        fail(f"--label-noise {cfg.label_noise}: a standard deviation cannot be negative")
+    check_flags(positive=(("--n-prompts", cfg.n_prompts), ("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size),
+                          ("--max-new-tokens", cfg.max_new_tokens), ("--eval-prompts", cfg.eval_prompts)),
+                nonnegative=(("--label-noise", cfg.label_noise),))
     device = pick_device(cfg.device)
     ctx = autocast(device, cfg.precision)
     torch.manual_seed(cfg.seed)
