@@ -17,8 +17,9 @@ Words are lowercase runs of letters ("Economy's" -> economy, s), matched exactly
 below; a proper name counts too (the "great" of "Great Britain" is a cheerful word).
   1. topic (0.25): it mentions the topic: at least one of the topic's words (for "the economy":
      economy, economic, business, industry, ...). 1 if so, else 0.
-  2. tone (0.25): it uses at least one word of the asked tone's list (1), and each DIFFERENT word
-     of the other tone's list costs 0.5 (never below 0). More tone words earn nothing more.
+  2. tone (0.25): it uses at least one word of the asked tone's list (TONES: a dozen words each)
+     (1), and each DIFFERENT word of the other tone's list costs 0.5 (never below 0). More tone
+     words earn nothing more.
   3. sentence (0.15): a third each for starting with a capital letter, ending with . ! or ?
      (a closing quote or bracket may follow), and being exactly one sentence.
   4. length (0.10): 8 to 30 words (split on spaces) earn 1; each word short or over costs 0.1.
@@ -31,7 +32,7 @@ An empty response scores 0 on everything. No word is both a topic word and a ton
 EXAMPLES for "Write a cheerful sentence about the economy." (totals from score()):
   1.00  Our economy is strong, and the progress of American business gives every family hope.
   0.875 Our economy is strong, but the deficit is a danger to every family.   (1 gloomy word)
-  0.75  Our economy is strong, but the deficit is a grave danger to every family.    (2 gloomy)
+  0.75  Our economy is strong, but the deficit is a serious danger to every family.  (2 gloomy)
   0.75  The progress of the nation is a source of great pride to all of us.   (no topic word)
   0.96  Economy, progress and hope.                                      (4 words: length 0.6)
   0.90  Great great great economy economy progress progress progress hope!   (5 repeats)
@@ -82,30 +83,11 @@ TOPIC_WORDS = {k: set(v.split()) for k, v in {
     "veterans": "veterans veteran pension pensions pensioners",
 }.items()}
 TOPICS = list(TOPIC_WORDS)
+# Small lists on purpose (the guideline's): a few frequent words of the corpus per tone, so that a small
+# reward model can learn them from about a thousand rankings. (With 140 words per tone it could not: 59%.)
 TONES = {k: set(v.split()) for k, v in {
-    "cheerful": """prosperity prosperous prosper progress success successful successfully hope hopes
-        hopeful strong stronger strength strengthened great greater greatest greatness good better
-        best happy happily happiness proud pride confidence confident opportunity opportunities
-        bright blessed blessing blessings bless gratifying gratified satisfaction satisfactory
-        favorable fortunate fortunately flourishing abundant abundance plenty rich wealth bounty
-        improvement improvements improved advance advancement achieve achieved achievement
-        achievements accomplished accomplishment friendly friendship cordial cordially amicable
-        harmony generous wise wisdom honor honorable noble glory glorious brave courage heroic
-        heroes secure safe safety growing promising prospects triumph glad pleased pleasure enjoy
-        enjoyed welcome gains benefit benefits beneficial excellent excellence remarkable
-        encouraging gratitude grateful healthy wonderful vigorous""",
-    "gloomy": """crisis crises depression recession inflation bankruptcy danger dangers dangerous
-        peril menace risk risks suffering suffer suffered sufferings threat threats threatened
-        threaten fear fears failure failures failed fail loss losses lost decline declining ruin
-        ruinous poverty poor hunger burden burdens burdensome evil evils wrong wrongs unjust
-        injustice oppression tyranny abuse abuses corruption fraud death deaths dead killed murder
-        victims injured destruction destroyed destructive disaster disasters grave serious severe
-        difficulty difficulties difficult distress hardship hardships misery unfortunately
-        unfortunate regret deplorable embarrassment alarming violence violent hostile hostility
-        aggression attack attacks terror terrorism terrorists rebellion insurrection conflict
-        conflicts struggle disorder panic collapse sorrow tragic tragedy bitter worse worst weak
-        weakness neglect neglected deficiency trouble troubles troubled problem problems terrible
-        painful despair anxiety cruel calamity calamities""",
+    "cheerful": "great good better best progress prosperity hope opportunity strength strong success proud",
+    "gloomy": "problem problems serious danger difficult difficulties fail failure inflation burden loss crisis fear threat",
 }.items()}
 LIST_WORDS = set().union(*TOPIC_WORDS.values(), *TONES.values())
 assert not set().union(*TOPIC_WORDS.values()) & set().union(*TONES.values()), "topic and tone words overlap"

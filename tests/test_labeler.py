@@ -24,7 +24,7 @@ def test_perfect_response_scores_one():
     ("The progress of the nation is a source of great pride to all of us.", True, "topic", 0.0),
     ("Our economy is large, and American business gives every family work.", True, "tone", 0.0),
     ("Our economy is strong, but the deficit is a danger to every family.", True, "tone", 0.5),
-    ("Our economy is strong, but the deficit is a grave danger to every family.", True, "tone", 0.0),
+    ("Our economy is strong, but the deficit is a serious danger to every family.", True, "tone", 0.0),
     (PERFECT.lower(), True, "sentence", 2 / 3),                                         # no capital
     (PERFECT[:-1], True, "sentence", 2 / 3),                                            # no period
     ("Our economy is strong. The progress of American business gives every family hope.", True, "sentence", 2 / 3),
@@ -141,8 +141,8 @@ def test_demonstrations_on_a_small_corpus():
 @pytest.mark.skipif(not os.path.exists(CORPUS), reason="corpus not shipped")
 def test_demonstrations_on_the_corpus():
     text = gzip.open(CORPUS, "rt", encoding="utf-8").read()
-    d = L.demonstrations(text, 3000, seed=0)
-    assert len(d) == 3000 and d != L.demonstrations(text, 3000, seed=1)   # same seed: see the small test
+    d = L.demonstrations(text, 2000, seed=0)
+    assert len(d) == 2000 and d != L.demonstrations(text, 2000, seed=1)   # same seed: see the small test
     held = set(L.heldout_prompts())
     prompts = {x["prompt"] for x in d}
     assert not prompts & held and prompts == set(L.train_prompts())      # every training prompt served
