@@ -38,8 +38,8 @@ import torch
 
 import labeler
 from common import autocast, check_flags, fail, load_model, parse_config, pick_device, sample_responses
-from data import encode_prompt, left_pad
-from train_ppo import action_logprobs
+from data import encode_prompt
+from train_ppo import action_logprobs, pad_episodes
 from train_pretrain import get_lm_batch, lm_loss, prepare_tokens
 from train_rm import evaluate as rm_evaluate, load_reward_model, sample_rankings
 
@@ -89,15 +89,11 @@ def best_of_n(rewards, n):
 def kl_per_response(policy, ref, prompts, responses, temperature, ctx):
     """sum_t log pi(y_t) - log pi_ref(y_t) over each response's tokens (<|end|> included), with both
     models' logits divided by the sampling temperature (as in train_ppo, or the KL is wrong)."""
-    idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)])
-    # left-padded: each response is its row's last len(r) tokens, i.e. the last len(r) action columns
-    lens = torch.tensor([len(r) for r in responses])
-    mask = torch.arange(idx.shape[1] - 1)[None] >= (idx.shape[1] - 1 - lens)[:, None]
-    idx, pad_mask = idx.to(policy.lm_head.weight.device), pad_mask.to(policy.lm_head.weight.device)
+    idx, pad_mask, mask = pad_episodes(prompts, responses, policy.lm_head.weight.device)
     with ctx:
         logp = action_logprobs(policy(idx, pad_mask=pad_mask)[0], idx, temperature)
         logp_ref = action_logprobs(ref(idx, pad_mask=pad_mask)[0], idx, temperature)
-    return ((logp - logp_ref).cpu() * mask).sum(1).tolist()
+    return ((logp - logp_ref) * mask).sum(1).tolist()
 
 
 # ----------------------------------------------------------------------------- the base model, prompted

@@ -180,6 +180,16 @@ def forward(model, idx, pad_mask, temperature):
     return action_logprobs(logits, idx, temperature), model.scalar(h)[:, :-1].float(), logits
 
 
+def pad_episodes(prompts, responses, device):
+    """Rows prompt+response, left-padded: (idx, pad_mask, mask), where mask (B, T-1) marks the action
+    columns of the response tokens. Each response is the last len(r) tokens of its row, so its actions
+    are the columns >= T-1-len(r)."""
+    idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=device)
+    lens = torch.tensor([len(r) for r in responses], device=device)
+    mask = torch.arange(idx.shape[1] - 1, device=device)[None] >= (idx.shape[1] - 1 - lens)[:, None]
+    return idx, pad_mask, mask
+
+
 @torch.no_grad()
 def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
     """Sample one response per prompt, cut at <|end|>, and score every action under the policy
@@ -190,11 +200,7 @@ def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
         responses, _ = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                                        stop_token=end_id, generator=generator)
     responses = [r[: r.index(end_id) + 1] if end_id in r else r for r in responses]
-    device = next(policy.parameters()).device
-    idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=device)
-    # Left-padded, so each response is the last len(r) tokens of its row: columns >= T-1-len(r).
-    lens = torch.tensor([len(r) for r in responses], device=device)
-    mask = torch.arange(idx.shape[1] - 1, device=device)[None] >= (idx.shape[1] - 1 - lens)[:, None]
+    idx, pad_mask, mask = pad_episodes(prompts, responses, next(policy.parameters()).device)
     with ctx:
         logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature)
         logp_ref, _, _ = forward(ref, idx, pad_mask, cfg.temperature)
