@@ -84,7 +84,7 @@ TOPIC_WORDS = {k: set(v.split()) for k, v in {
 }.items()}
 TOPICS = list(TOPIC_WORDS)
 # Small lists on purpose (the guideline's): a few frequent words of the corpus per tone, so that a small
-# reward model can learn them from about a thousand rankings. (With 140 words per tone it could not: 59%.)
+# reward model can learn them from few rankings (with 140 words per tone the default RM agreed on 59% of pairs).
 TONES = {k: set(v.split()) for k, v in {
     "cheerful": "great good better best progress prosperity hope opportunity strength strong success proud",
     "gloomy": "problem problems serious danger difficult difficulties fail failure inflation burden loss crisis fear threat",
