@@ -16,6 +16,7 @@ import json
 import os
 import random
 import secrets
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -47,6 +48,11 @@ class LabelServer(ThreadingHTTPServer):
                     pass
         with open(PAGE, "rb") as f:
             self.page = f.read()
+
+    def handle_error(self, request, client_address):
+        """A closed tab or a dropped connection is ordinary: no traceback for it (for anything else, yes)."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def next_item(self):
         """A new prompt with K distinct responses, shown in random order, under a fresh id."""
@@ -163,6 +169,7 @@ class Handler(BaseHTTPRequestHandler):
 def model_sampler(path, args, device):
     """sample(prompt, k): k responses of the checkpoint at `path`, one generation at a time."""
     from common import POLICY_STAGES, load_model, sample_responses
+    from data import answer_text
     model, tok, _ = load_model(path, POLICY_STAGES, device, flag="--ckpt" if path == args.ckpt else "--rate")
     lock, calls = threading.Lock(), [0]
 
@@ -171,7 +178,7 @@ def model_sampler(path, args, device):
             calls[0] += 1
             ids, _ = sample_responses(model, tok, [prompt] * k, args.max_new_tokens, args.temperature,
                                       args.top_k, seed=args.seed + calls[0], device=device)
-        return [tok.decode(r) for r in ids]
+        return [answer_text(tok, r) for r in ids]   # no special tokens, no control characters
     return sample
 
 

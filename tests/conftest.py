@@ -35,3 +35,11 @@ def make_checkpoint(path, stage, tok, seed=0, **config):
     extra = {"rm_gain": 1.0, "rm_bias": 0.0} if stage == "rm" else {}
     save_checkpoint(str(path), stage=stage, model=model, tokenizer=tok, **extra)
     return str(path)
+
+
+def reset_connection(sock):
+    """Close a client socket with a TCP reset, as a browser tab that is closed mid-request can."""
+    import socket
+    import struct
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()

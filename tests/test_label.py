@@ -2,16 +2,18 @@
 and once end to end: the CLI on a tiny checkpoint, then train_rm.py --data on what it wrote."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT, make_checkpoint
+from conftest import ROOT, make_checkpoint, reset_connection
 
 import label
 
@@ -131,6 +133,27 @@ def test_20_concurrent_submissions_give_20_intact_lines(server):
     expected = [{"prompt": it["prompt"], "responses": [it["responses"][i] for i in r]} for it, r in zip(items, rankings)]
     key = lambda rec: json.dumps(rec, sort_keys=True)
     assert sorted(got, key=key) == sorted(expected, key=key)
+
+
+def test_closed_tab_prints_no_traceback(tmp_path, capsys):
+    """The tab closes while the page waits for its next prompt: the reply meets a reset connection."""
+    asked = threading.Event()
+
+    def slow_sample(prompt, k):
+        asked.set()
+        time.sleep(0.3)
+        return fake_sample(prompt, k)
+    srv = label.LabelServer(("127.0.0.1", 0), slow_sample, ["Say hi."], str(tmp_path / "r.jsonl"))
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    sock = socket.create_connection(srv.server_address[:2], timeout=30)
+    sock.sendall(b"GET /api/next HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert asked.wait(30)
+    reset_connection(sock)
+    status, item = request(f"http://127.0.0.1:{srv.server_address[1]}/api/next")   # takes 0.3 s: the other reply fails
+    assert status == 200 and item["prompt"] == "Say hi."                                # meanwhile, and we still serve
+    srv.shutdown()
+    srv.server_close()
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_count_goes_on_and_rate_mode_names(tmp_path):
