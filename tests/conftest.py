@@ -24,14 +24,20 @@ def tiny_tok(corpus_text):
     return tokenizer.train(corpus_text[:100_000], 320)
 
 
-def make_checkpoint(path, stage, tok, seed=0, **config):
-    """A tiny random GPT saved as a checkpoint of `stage` (what the stage scripts read)."""
+def make_checkpoint(path, stage, tok, seed=0, scale=1.0, **config):
+    """A tiny random GPT saved as a checkpoint of `stage` (what the stage scripts read). scale multiplies the
+    blocks' matrices: at 10 the greedy answer depends on the prompt (at the usual init a 1-layer model mostly
+    repeats its last input token, after <|assistant|> a special token: an empty answer)."""
     import torch
     from common import save_checkpoint
     from gpt import GPT, GPTConfig
     torch.manual_seed(seed)
     cfg = dict(vocab_size=tok.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=32)
     model = GPT(GPTConfig(**{**cfg, **config}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("blocks") and p.dim() == 2:
+                p.mul_(scale)
     extra = {"rm_gain": 1.0, "rm_bias": 0.0} if stage == "rm" else {}
     save_checkpoint(str(path), stage=stage, model=model, tokenizer=tok, **extra)
     return str(path)
