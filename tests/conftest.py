@@ -49,3 +49,40 @@ def reset_connection(sock):
     import struct
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+# ----------------------------------------------------------------------------- the browser tests
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def need_browser():
+    """For a module that drives headless Chromium with Selenium (Debian's chromium and chromium-driver, which
+    .ci/run installs, and `selenium` from requirements-test.txt). A laptop without them skips the module; CI
+    (.ci/run sets CI=1) must run it, so there it fails."""
+    try:
+        from selenium import webdriver   # noqa: F401
+        missing = None
+    except ImportError:
+        missing = "selenium is not installed (pip install -r requirements-test.txt)"
+    if not missing and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        missing = f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"CI is set but {missing}", pytrace=False)
+    if missing:
+        pytest.skip(missing, allow_module_level=True)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    import shutil
+    from selenium import webdriver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1000,900",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
