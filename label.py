@@ -16,22 +16,21 @@ import json
 import os
 import random
 import secrets
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from common import PageHandler, PageServer
 
 MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label.html")
 
 
-class LabelServer(ThreadingHTTPServer):
+class LabelServer(PageServer):
     """Hands out prompts with K responses (from sample(prompt, k) -> list of k strings), checks the
     rankings that come back, and appends them to `out`. `names` (rate mode): which model wrote each of
     the sample's responses."""
-    daemon_threads = True
 
     def __init__(self, address, sample, prompts, out, k=4, names=None, seed=0):
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, PAGE)
         self.sample, self.out, self.k, self.names = sample, out, k, names
         self.prompts = random.Random(seed).sample(list(prompts), len(prompts))
         self.rng, self.n_drawn, self.issued = random.Random(seed), 0, {}   # id -> (prompt, shown, source)
@@ -46,13 +45,6 @@ class LabelServer(ThreadingHTTPServer):
                     self.wins[rec["models"][0]] += 1
                 except (KeyError, IndexError, TypeError):   # not a rating of these two models
                     pass
-        with open(PAGE, "rb") as f:
-            self.page = f.read()
-
-    def handle_error(self, request, client_address):
-        """A closed tab or a dropped connection is ordinary: no traceback for it (for anything else, yes)."""
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
 
     def next_item(self):
         """A new prompt with K distinct responses, shown in random order, under a fresh id."""
@@ -119,17 +111,7 @@ def append_line(path, line):
         os.close(fd)
 
 
-class Handler(BaseHTTPRequestHandler):
-    def reply(self, status, body, kind="application/json"):
-        if not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
+class Handler(PageHandler):
     def do_GET(self):
         if self.path == "/":
             return self.reply(200, self.server.page, "text/html; charset=utf-8")
@@ -140,15 +122,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if self.path != "/api/submit":
             return self.reply(404, {"error": "not found"})
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
-            return self.reply(411, {"error": "Content-Length needed"})
-        if int(length) > MAX_BODY:
-            self.rfile.read(min(int(length), 16 * MAX_BODY))   # drain, so the client reads our answer
-            return self.reply(413, {"error": f"body over {MAX_BODY} bytes"})
-        body = self.rfile.read(int(length))
-        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
-            return self.reply(415, {"error": "Content-Type must be application/json"})
+        body, error = self.read_body(MAX_BODY)
+        if error:
+            return self.reply(error[0], {"error": error[1]})
         status, reply = self.server.submit(body)
         if status == 200:   # saved; the next prompt comes with the answer (the page asks again if none)
             code, item = self.safely(self.server.next_item)
@@ -161,9 +137,6 @@ class Handler(BaseHTTPRequestHandler):
             return 200, make()
         except Exception as e:
             return 500, {"error": f"{type(e).__name__}: {e}"}
-
-    def log_message(self, *args):   # no line per request in the person's terminal
-        pass
 
 
 def model_sampler(path, args, device):

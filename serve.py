@@ -41,11 +41,10 @@ import sys
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-from common import POLICY_STAGES, check_flags, fail, load_model, pick_device
+from common import POLICY_STAGES, PageHandler, PageServer, check_flags, fail, load_model, pick_device
 from data import AnswerText, encode_example, encode_prompt, fit_context
 from gpt import GPT
 
@@ -215,26 +214,16 @@ def turns_of(tok, messages):
     return turns + [encode_prompt(tok, said[-1])]
 
 
-class ChatServer(ThreadingHTTPServer):
+class ChatServer(PageServer):
     """models: {name: (GPT, Tokenizer, checkpoint dict, path)}, each with its own Batcher."""
-    daemon_threads = True
-    request_queue_size = 128   # connections the kernel holds until accepted (5 by default: many clients at once
-                               # would see their connection attempts dropped and retried a second later)
 
     def __init__(self, address, models, api_key="", max_tokens=64, max_n=8, max_batch=32, gather=0.01):
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, PAGE)
         self.api_key, self.max_tokens, self.max_n = api_key, max_tokens, max_n
         self.models = {}
         for name, (model, tok, ckpt, path) in models.items():
             model.eval()
             self.models[name] = (model, tok, ckpt, path, Batcher(model, tok, max_batch, gather))
-        with open(PAGE, "rb") as f:
-            self.page = f.read()
-
-    def handle_error(self, request, client_address):
-        """A client that leaves is ordinary: no traceback for it (for anything else, yes)."""
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
 
     def model_list(self):
         return {"object": "list", "data": [
@@ -266,13 +255,11 @@ class ChatServer(ThreadingHTTPServer):
         return name, Job(context, n, max_tokens, float(temperature), float(top_p), generator), len(context), 2 * dropped
 
 
-class Handler(BaseHTTPRequestHandler):
-    timeout = 60   # seconds a silent client may hold its thread (each socket read or write)
-
+class Handler(PageHandler):
     def do_GET(self):
         path = self.path.split("?")[0]
         if path == "/":
-            return self.send(200, self.server.page, "text/html; charset=utf-8")
+            return self.reply(200, self.server.page, "text/html; charset=utf-8")
         self.api(lambda: self.server.model_list() if path == "/v1/models" else self.not_found())
 
     def do_POST(self):
@@ -289,30 +276,14 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(401, "a valid API key is needed: send 'Authorization: Bearer KEY'", code="invalid_api_key")
             reply = handle()
             if reply is not None:
-                self.send(200, reply)
+                self.reply(200, reply)
         except ApiError as e:
-            self.send(e.status, e.body)
-
-    def send(self, status, body, kind="application/json"):
-        if not isinstance(body, bytes):
-            body = json.dumps(body, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+            self.reply(e.status, e.body)
 
     def read_json(self):
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
-            raise ApiError(411, "a Content-Length header is needed")
-        if int(length) > MAX_BODY:
-            self.rfile.read(min(int(length), 16 * MAX_BODY))   # drain, so that the client reads our answer
-            raise ApiError(413, f"the body is over {MAX_BODY} bytes", code="request_too_large")
-        body = self.rfile.read(int(length))
-        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
-            raise ApiError(415, "the Content-Type must be application/json")
+        body, error = self.read_body(MAX_BODY)
+        if error:
+            raise ApiError(*error)
         try:
             return json.loads(body)
         except (ValueError, RecursionError):   # UnicodeDecodeError is a ValueError
@@ -379,9 +350,6 @@ class Handler(BaseHTTPRequestHandler):
             pass
         finally:
             job.cancelled = True
-
-    def log_message(self, *args):   # no line per request in the terminal
-        pass
 
 
 def main(argv=None):
