@@ -122,7 +122,8 @@ class Batcher:
         request's own, else the server's) are drawn in one call of GPT._sample."""
         groups = {}
         for r, (job, _) in enumerate(rows):
-            groups.setdefault((job.temperature, job.top_p, job.generator or self.generator), []).append(r)
+            generator = self.generator if job.generator is None else job.generator
+            groups.setdefault((job.temperature, job.top_p, generator), []).append(r)
         groups = [(key, torch.tensor(rs, device=self.device), rs) for key, rs in groups.items()]
 
         def sample(logits):
@@ -263,7 +264,8 @@ class Handler(PageHandler):
         self.api(lambda: self.server.model_list() if path == "/v1/models" else self.not_found())
 
     def do_POST(self):
-        self.api(lambda: self.chat() if self.path.split("?")[0] == "/v1/chat/completions" else self.not_found())
+        body = self.read_body(MAX_BODY)   # first: a reply sent over an unread body can reach the client as a reset
+        self.api(lambda: self.chat(*body) if self.path.split("?")[0] == "/v1/chat/completions" else self.not_found())
 
     def not_found(self):
         raise ApiError(404, f"no such path: {self.command} {self.path}", code="not_found")
@@ -280,17 +282,13 @@ class Handler(PageHandler):
         except ApiError as e:
             self.reply(e.status, e.body)
 
-    def read_json(self):
-        body, error = self.read_body(MAX_BODY)
+    def chat(self, body, error):
         if error:
             raise ApiError(*error)
         try:
-            return json.loads(body)
+            req = json.loads(body)
         except (ValueError, RecursionError):   # UnicodeDecodeError is a ValueError
             raise ApiError(400, "the body is not valid JSON") from None
-
-    def chat(self):
-        req = self.read_json()
         name, job, prompt_tokens, dropped = self.server.job_for(req)
         stream = field(req, "stream", bool, False, want="true or false")
         options = field(req, "stream_options", dict, {}, want="an object")

@@ -402,3 +402,34 @@ def test_bad_flags_are_one_error_line(ckpts, tiny_tok, tmp_path, flags, error):
     flags = [f.format(tmp=tmp_path, ppo=ckpts["ppo"]) for f in flags]
     with pytest.raises(SystemExit, match="^error: " + error):
         serve.main(["--port", "0", "--device", "cpu"] + (flags if "--ckpt" in flags else ["--ckpt", ckpts["ppo"]] + flags))
+
+
+def wait_for(done, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_too_many_waiting_rows_get_a_429(ckpts, recorded, monkeypatch):
+    batches, delay = recorded
+    delay[0] = 0.05
+    monkeypatch.setattr(serve, "MAX_WAITING", 2)
+    srv = start(ckpts)
+    replies = []
+    ask = lambda body: replies.append(post(srv.url + "/v1/chat/completions", body))
+    try:
+        running = threading.Thread(target=ask, args=({"messages": M, "max_tokens": 30, "temperature": 0},))
+        running.start()
+        wait_for(lambda: batches)                                     # it runs (30 steps of 50 ms)
+        waiting = threading.Thread(target=ask, args=({"messages": M, "max_tokens": 2, "n": 2},))
+        waiting.start()
+        wait_for(lambda: srv.models["ppo"][4].waiting)                # two rows wait: the most allowed
+        with pytest.raises(openai.RateLimitError):
+            client(srv).chat.completions.create(model="ppo", messages=M, max_tokens=2)
+        running.join(60)
+        waiting.join(60)
+        assert [status for status, _ in replies] == [200, 200]
+    finally:
+        srv.shutdown()
+        srv.server_close()
