@@ -18,7 +18,7 @@ import random
 import secrets
 import threading
 
-from common import PageHandler, PageServer
+from web import PageHandler, PageServer
 
 MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label.html")

@@ -44,9 +44,10 @@ import traceback
 
 import torch
 
-from common import POLICY_STAGES, PageHandler, PageServer, check_flags, fail, load_model, pick_device
+from common import POLICY_STAGES, check_flags, fail, load_model, pick_device
 from data import AnswerText, encode_example, encode_prompt, fit_context
 from gpt import GPT
+from web import PageHandler, PageServer
 
 MAX_BODY = 1 << 20        # a long chat's whole history is a few hundred KB at most
 MAX_WAITING = 256         # rows waiting for a model; more requests get a 429
