@@ -16,7 +16,8 @@ POST /v1/chat/completions   OpenAI's request and response, for the fields this m
   max_tokens   (or max_completion_tokens) per choice (default --max-tokens). An answer also ends where the model's
                context (block_size) ends: larger values are cut to what is left there. finish_reason is "length"
                when an answer was cut, "stop" when the model ended it.
-  n            1..--max-n choices;  seed  the same request with the same seed gives the same answers
+  n            1..--max-n choices;  seed  the same request with the same seed gives the same answers, in a batch
+               or alone (its rows draw from their own generator)
   stream       server-sent events of "chat.completion.chunk" deltas, then "data: [DONE]";
                stream_options.include_usage adds a last chunk with the usage.
   Other fields are ignored. The context rule is chat.py's (data.fit_context): the newest whole turns that leave
@@ -30,7 +31,8 @@ Several people at once: one thread per model generates (Batcher). The requests w
 while it was busy or within --gather seconds of each other, run as ONE batch through GPT._decode: left-padded rows,
 each with its own stop, length, temperature, top_p and seed, and every client's stream is fed from its rows as
 the tokens come. A request that comes during a batch waits for it to end (static batching: simple, and enough for
-a few people). A client that leaves mid-stream frees its rows. It binds 127.0.0.1 unless --host says otherwise.
+a few people). A client that leaves mid-stream frees its rows (one that waits for a whole answer is only seen to
+have left when that answer is sent). It binds 127.0.0.1 unless --host says otherwise.
 """
 import argparse
 import json
