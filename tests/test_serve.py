@@ -325,7 +325,7 @@ def test_16_clients_at_once_some_leaving(ckpts, tiny_tok, recorded, capsys):
     want = [greedy(ckpts["sft"], encode_prompt(tiny_tok, p), 24) for p in prompts]
     assert len({text for text, _, _ in want}) > 8 and {finish for _, _, finish in want} == {"stop", "length"}
     batches.clear()
-    srv = start(ckpts, gather=0.2)
+    srv = start(ckpts, gather=1, max_batch=16)   # the batch starts once all 16 wait
     results, go = [None] * 16, threading.Barrier(16)
 
     def one(i):
