@@ -1,4 +1,4 @@
-"""What every stage shares: errors, device and precision, checkpoints, logging, DDP.
+"""What every stage shares: errors, device and precision, checkpoints, the reward model's reader, logging, DDP.
 
 Each training script imports these instead of writing its own, so a checkpoint written by
 one stage is read the same way by every other one.
@@ -12,7 +12,11 @@ import os
 import time
 from dataclasses import asdict
 
+import numpy as np
 import torch
+
+from gpt import GPT, GPTConfig, left_pad
+from tokenizer import Tokenizer
 
 STAGES = ("pretrain", "sft", "rm", "ppo")
 POLICY_STAGES = ("pretrain", "sft", "ppo")  # checkpoints that can generate text
@@ -37,6 +41,26 @@ def last_index(mask):
     """Column of each row's last True entry: the last real token (left or right padding)."""
     cols = torch.arange(mask.shape[1], device=mask.device)
     return (mask * cols).argmax(1)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off inside the block; the model's train/eval mode is restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def write_atomically(path, write):
+    """write(tmp) fills a temp file in path's folder, then os.replace puts it at path: a crash mid-write
+    leaves the previous file intact, and a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def parse_config(cls, description, argv=None):
@@ -92,18 +116,14 @@ def autocast(device, precision="auto"):
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, *, stage, model, tokenizer, step=0, args=None, metrics=None, **extra):
-    """Write atomically: a temp file in the same folder, then os.replace, so a crash mid-save
-    leaves the previous checkpoint intact. Only plain types inside (weights_only=True loads it)."""
+    """Written atomically (write_atomically). Only plain types inside (weights_only=True loads it)."""
     assert stage in STAGES
     raw = model.module if hasattr(model, "module") else model  # unwrap DDP
     raw = getattr(raw, "_orig_mod", raw)  # unwrap torch.compile
     ckpt = {"stage": stage, "config": asdict(raw.config), "model": raw.state_dict(),
             "tokenizer": tokenizer.state_dict(), "step": int(step), "args": dict(args or {}),
             "metrics": dict(metrics or {}), **extra}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path, stages=None, flag="--init"):
@@ -122,36 +142,61 @@ def load_checkpoint(path, stages=None, flag="--init"):
 
 
 def load_model(path, stages=None, device="cpu", flag="--init"):
-    """Checkpoint -> (GPT, Tokenizer, checkpoint dict)."""
-    from gpt import GPT, GPTConfig
-    from tokenizer import Tokenizer
+    """Checkpoint -> (GPT, Tokenizer, checkpoint dict): the loader for a policy (or any trunk)."""
     ckpt = load_checkpoint(path, stages, flag)
     model = GPT(GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), Tokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
 
 
-# ----------------------------------------------------------------------------- sampling
+def check_tokenizer(tok, expected, where, whose):
+    """Token ids mean nothing across tokenizers: fail() unless two checkpoints share one."""
+    if tok.state_dict() != expected.state_dict():
+        fail(f"{where}: its tokenizer differs from {whose}")
+
+
+# ----------------------------------------------------------------------------- the reward model
+def rm_score(model, idx, pad_mask=None):
+    """Reward (B,) of each row: the scalar head at the row's last real token (the <|end|>), never
+    mean-pooled (left, right or no padding)."""
+    pad_mask = torch.ones_like(idx, dtype=torch.bool) if pad_mask is None else pad_mask
+    h = model.hidden(idx, pad_mask)
+    return model.scalar(h[torch.arange(len(idx), device=idx.device), last_index(pad_mask)]).float()
+
+
+def score_seqs(model, seqs, device):
+    """Rewards (with grad) of token lists prompt+response; too long rows keep their end."""
+    idx, mask = left_pad([s[-model.config.block_size:] for s in seqs], device=device)
+    return rm_score(model, idx, mask)
+
+
 @torch.no_grad()
-def sample_responses(model, tok, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=0,
-                     batch_size=64, device="cpu"):
-    """Generate one response per prompt in the chat template. Returns (responses, ended): token
-    lists cut at <|end|> (the end token itself removed) and whether <|end|> was produced."""
-    from data import encode_prompt
-    end = tok.special_tokens["<|end|>"]
-    gen = torch.Generator(device=device).manual_seed(seed)
-    responses, ended = [], []
-    was_training = model.training
-    model.eval()
-    for i in range(0, len(prompts), batch_size):
-        batch = [encode_prompt(tok, p) for p in prompts[i:i + batch_size]]
-        tokens, _ = model.generate(batch, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   stop_token=end, generator=gen)
-        for t in tokens:
-            ended.append(end in t)
-            responses.append(t[: t.index(end)] if end in t else t)
-    model.train(was_training)
-    return responses, ended
+def score_all(model, seqs, device, ctx, batch_size=64):
+    """Raw rewards of many sequences as a numpy array, in eval mode, batch by batch."""
+    out = []
+    with eval_mode(model):
+        for i in range(0, len(seqs), batch_size):
+            with ctx:
+                out.append(score_seqs(model, seqs[i:i + batch_size], device).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def load_reward_model(path, device="cpu", flag="--reward", precision="auto"):
+    """The loader for a reward model: an "rm" checkpoint -> (reward, model, tok, ckpt). reward(prompts,
+    responses) -> FloatTensor (B,) on device: normalized scores (gain * r + bias, fitted by train_rm so that
+    SFT samples score mean 0, std 1) of token lists, prompts as data.encode_prompt and responses as
+    data.sample_responses make them."""
+    model, tok, ckpt = load_model(path, None, device, flag)
+    if ckpt["stage"] != "rm" or "rm_gain" not in ckpt:
+        fail(f"{flag} {path}: is a {ckpt['stage']!r} checkpoint, but {flag} needs a reward model "
+             f"(stage 'rm', written by train_rm.py)")
+    model.eval().requires_grad_(False)
+    gain, bias, ctx = ckpt["rm_gain"], ckpt["rm_bias"], autocast(device.split(":")[0], precision)
+
+    def reward(prompts, responses):
+        seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
+        return torch.tensor(gain * score_all(model, seqs, device, ctx) + bias, dtype=torch.float32, device=device)
+    return reward, model, tok, ckpt
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -1,16 +1,20 @@
-"""Data in and out of the stages: the corpus, the JSON Lines formats, the chat template, padding.
+"""Data in and out of the stages: the corpus and its batches, the JSON Lines formats, the chat template, responses.
 
 Chat template (see DESIGN.md): a turn is  <|user|>{prompt}<|assistant|>{response}<|end|>.
 Generation starts after <|assistant|> and stops at <|end|>. User text is always encoded as
 ordinary text, so typing "<|end|>" cannot inject a control token.
 """
 import gzip
+import hashlib
 import json
 import os
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from common import fail
+from common import eval_mode, fail, write_atomically
+from gpt import left_pad
 
 # ----------------------------------------------------------------------------- corpus
 def read_corpus(path):
@@ -35,6 +39,28 @@ def read_corpus(path):
     if not docs:
         fail(f"--data {path}: the corpus is empty")
     return "<|endoftext|>".join(docs)
+
+
+def cached_tokens(text, tok, cache_dir):
+    """The corpus as a uint16 token array, cached in cache_dir under a hash of the text and the tokenizer,
+    so a second run (or eval.py reading pretraining's validation split) does not tokenize again."""
+    if tok.n_vocab > 65536:
+        fail(f"tokenizer has {tok.n_vocab} tokens; the token file stores uint16 ids (< 65536)")
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    tok_key = hashlib.sha256(repr(tok.state_dict()).encode()).hexdigest()[:12]
+    path = os.path.join(cache_dir, f"tokens-{key}-{tok_key}.bin")
+    if not os.path.exists(path):
+        ids = tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}, disallowed_special=())
+        write_atomically(path, lambda tmp: np.array(ids, dtype=np.uint16).tofile(tmp))
+    return np.fromfile(path, dtype=np.uint16)
+
+
+def get_lm_batch(tokens, batch_size, block_size, generator, device):
+    """Random windows of block_size+1 tokens: x is the window, y the window shifted by one."""
+    starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator, device=generator.device)
+    rows = np.stack([tokens[s: s + block_size + 1] for s in starts.tolist()]).astype(np.int64)
+    rows = torch.from_numpy(rows)
+    return rows[:, :-1].to(device), rows[:, 1:].to(device), None
 
 
 # ----------------------------------------------------------------------------- JSON Lines
@@ -111,12 +137,11 @@ def load_prompts(path, flag="--data"):
 
 
 def write_jsonl(path, records):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_atomically(path, write)
 
 
 # ----------------------------------------------------------------------------- chat template
@@ -137,14 +162,51 @@ def encode_example(tok, prompt, response):
     return ids, targets
 
 
-def left_pad(seqs, pad_id=0, device="cpu"):
-    """Rows of different lengths -> (idx (B,T), pad_mask (B,T), True = real token), padded on the
-    left so that every row's last real token sits at T-1 (where generation continues)."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if s:
-            idx[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, T - len(s):] = True
-    return idx.to(device), mask.to(device)
+# ----------------------------------------------------------------------------- responses
+# The one rule for every stage: a response is the list of tokens the model generated, ending with its <|end|>
+# when it wrote one, exactly as GPT.generate(..., stop_token=<|end|>) returns it. The reward model reads it at
+# that <|end|>, PPO counts the <|end|> as an action, and response_text() leaves it out for the labeler and
+# for people. A response that never wrote <|end|> was cut off (max_new_tokens or the block size).
+
+@torch.no_grad()
+def sample_responses(model, tok, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=0,
+                     batch_size=64, device="cpu"):
+    """One response per prompt (a string, put in the chat template), batch by batch, in eval mode.
+    Returns (responses, ended): ended[i] says responses[i] ends with <|end|>."""
+    end = tok.special_tokens["<|end|>"]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    responses = []
+    with eval_mode(model):
+        for i in range(0, len(prompts), batch_size):
+            batch = [encode_prompt(tok, p) for p in prompts[i:i + batch_size]]
+            responses += model.generate(batch, max_new_tokens, temperature=temperature, top_k=top_k,
+                                        stop_token=end, generator=gen)[0]
+    return responses, [r[-1:] == [end] for r in responses]
+
+
+def response_text(tok, response):
+    """(text, ended) of a response: its text leaves out the closing <|end|>."""
+    ended = len(response) > 0 and response[-1] == tok.special_tokens["<|end|>"]
+    return tok.decode(list(response[:-1] if ended else response)), ended
+
+
+# Episodes (PPO's rollouts, eval's KL): rows prompt+response, left-padded to (B, T). Per-token quantities
+# live on a (B, T-1) grid where column t holds what the model says at position t about token t+1: the
+# action a_t = idx[:, t+1] taken in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t is a
+# response token (an action of the policy); prompt and padding columns are False.
+
+def pad_episodes(prompts, responses, device):
+    """Rows prompt+response, left-padded: (idx, pad_mask, mask), where mask (B, T-1) marks the action
+    columns of the response tokens. Each response is the last len(r) tokens of its row, so its actions
+    are the columns >= T-1-len(r)."""
+    idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=device)
+    lens = torch.tensor([len(r) for r in responses], device=device)
+    mask = torch.arange(idx.shape[1] - 1, device=device)[None] >= (idx.shape[1] - 1 - lens)[:, None]
+    return idx, pad_mask, mask
+
+
+def action_logprobs(logits, idx, temperature):
+    """log pi(a_t | s_t) = log softmax(logits_t / T)[idx_{t+1}]: the logits at position t predict
+    token t+1. Divide by the sampling temperature T here too, or the ratio and the KL are wrong."""
+    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    return logp.gather(-1, idx[:, 1:, None]).squeeze(-1)

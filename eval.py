@@ -24,24 +24,24 @@ Also: validation perplexity on the corpus's held-out tail (the split train_pretr
 the RM's pairwise accuracy on fresh held-out rankings (train_rm.evaluate), sample responses side by side,
 and the over-optimization chart: RM and gold score against KL over the PPO run, from its .log.jsonl.
 Writes <out-dir>/eval.md, eval.json and the chart (PNG with matplotlib, else a hand-written SVG).
+main() runs the phases at the end of this file in order: load, sample, KL, RM scores, gold, extras.
 """
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 import labeler
-from common import autocast, check_flags, fail, load_model, parse_config, pick_device, sample_responses
-from data import encode_prompt
-from train_ppo import action_logprobs, pad_episodes
-from train_pretrain import get_lm_batch, lm_loss, prepare_tokens
-from train_rm import evaluate as rm_evaluate, load_reward_model, sample_rankings
+from common import (autocast, check_flags, check_tokenizer, fail, load_model, load_reward_model, parse_config,
+                    pick_device)
+from data import (action_logprobs, cached_tokens, encode_prompt, get_lm_batch, pad_episodes, read_corpus,
+                  response_text, sample_responses)
+from train_pretrain import lm_loss
+from train_rm import RMConfig, evaluate as rm_evaluate, sample_rankings
 
 BEST_OF = (1, 4, 16)
 
@@ -116,13 +116,10 @@ def first_sentence(text):
 
 
 def validation_tokens(tok, pretrain_path, args, corpus=""):
-    """The corpus's held-out tail, split as train_pretrain.main splits it (its last --val-fraction).
-    prepare_tokens finds the token file pretraining cached next to its checkpoint (or writes it there)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tok.save(os.path.join(tmp, "tok.json"))
-        pcfg = SimpleNamespace(data=corpus or args.get("data", "data/sotu.txt.gz"),
-                               tokenizer=os.path.join(tmp, "tok.json"), vocab_size=tok.n_vocab)
-        _, tokens = prepare_tokens(pcfg, os.path.dirname(os.path.abspath(pretrain_path)))
+    """The corpus's held-out tail, split as train_pretrain.main splits it (its last --val-fraction), from
+    the token file pretraining cached next to its checkpoint (data.cached_tokens; or written there now)."""
+    text = read_corpus(corpus or args.get("data", "data/sotu.txt.gz"))
+    tokens = cached_tokens(text, tok, os.path.dirname(os.path.abspath(pretrain_path)))
     return tokens[-int(len(tokens) * args.get("val_fraction", 0.05)):]
 
 
@@ -218,101 +215,109 @@ def markdown(res):
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------- main
-def main(argv=None):
-    cfg = parse_config(EvalConfig, __doc__.split("\n")[0], argv)
-    check_flags(positive=(("--samples-per-prompt", cfg.samples_per_prompt), ("--max-new-tokens", cfg.max_new_tokens)))
-    t_start = time.time()
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    device = pick_device(cfg.device)
-    ctx = autocast(device, cfg.precision)
+# ----------------------------------------------------------------------------- the phases of main
+def load_checkpoints(cfg, device):
+    """The checkpoints: named with a flag (then they must exist), else <out-dir>/<stage>.pt if it is there.
+    Returns (paths, policies: stage -> (model, ckpt), tok, common.load_reward_model's tuple or None)."""
     paths = {}
-    for stage in ("pretrain", "sft", "ppo", "rm"):   # named with a flag: must exist; else: if it is in out-dir
+    for stage in ("pretrain", "sft", "ppo", "rm"):
         path = getattr(cfg, stage) or os.path.join(cfg.out_dir, f"{stage}.pt")
         if getattr(cfg, stage) or os.path.isfile(path):
             paths[stage] = path
-    models, tok = {}, None
+    policies, tok = {}, None
     for stage in ("pretrain", "sft", "ppo"):
         if stage in paths:
             model, t, ckpt = load_model(paths[stage], (stage,), device, flag=f"--{stage}")
-            if tok is not None and t.state_dict() != tok.state_dict():
-                fail(f"--{stage} {paths[stage]}: its tokenizer differs from the other checkpoints'")
-            models[stage], tok = (model.eval(), ckpt), t
-    if not models:
+            if tok is not None:
+                check_tokenizer(t, tok, f"--{stage} {paths[stage]}", "the other checkpoints'")
+            policies[stage], tok = (model.eval(), ckpt), t
+    if not policies:
         fail(f"--out-dir {cfg.out_dir}: no pretrain.pt, sft.pt or ppo.pt there (or name them with --pretrain/--sft/--ppo)")
-    reward = None
+    rm = None
     if "rm" in paths:
-        reward, rm_model, rm_tok, rm_ckpt = load_reward_model(paths["rm"], device, "--rm", cfg.precision)
-        if rm_tok.state_dict() != tok.state_dict():
-            fail(f"--rm {paths['rm']}: its tokenizer differs from the policies'")
-    end = tok.special_tokens["<|end|>"]
-    held = labeler.heldout_prompts()
-    prompts = [held[i % len(held)] for i in range(len(held) * cfg.samples_per_prompt)]   # cycled: slot i's prompt
-    prompt_ids = [encode_prompt(tok, p) for p in prompts]
-    n = len(prompts)
-    rows = {}   # name -> {"texts", "ids" (response tokens, <|end|> included when it ended), "ended", "kl"}
+        rm = load_reward_model(paths["rm"], device, "--rm", cfg.precision)
+        check_tokenizer(rm[2], tok, f"--rm {paths['rm']}", "the policies'")
+    return paths, policies, tok, rm
 
-    def add_row(name, responses, ended, kl=None):
-        rows[name] = {"texts": [tok.decode(r) for r in responses], "ended": list(ended), "kl": kl,
-                      "ids": [list(r) + [end] * e for r, e in zip(responses, ended)]}
 
-    def sample(model, k=1):   # k samples per slot, candidate j of slot i at j * n + i, in one batched call
+def make_row(tok, responses, kl=None):
+    """A row of the report: its responses (data.py's rule: ending with <|end|> if they ended), texts, ended."""
+    texts, ended = zip(*(response_text(tok, r) for r in responses))
+    return {"ids": list(responses), "texts": list(texts), "ended": list(ended), "kl": kl}
+
+
+def base_model_rows(cfg, model, tok, prompts, val_tokens, device, ctx):
+    """The zero- and few-shot rows, in one batched call; the demonstrations (for training prompts) come from
+    the corpus's tail. The answer is one sentence: 40 new tokens hold one of about 27 words (the guideline
+    allows 8 to 30); the rest of the context holds the demonstrations."""
+    demos = labeler.demonstrations(tok.decode(val_tokens.tolist()), 50, cfg.seed)
+    new_tokens = min(cfg.max_new_tokens, 40)
+    room = model.config.block_size - new_tokens
+    zero, _ = plain_text_contexts(tok, prompts, demos, 0, room)
+    few, shots = plain_text_contexts(tok, prompts, demos, cfg.shots, room)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    with ctx:
+        out, _ = model.generate(zero + (few if shots else []), new_tokens, cfg.temperature, generator=g)
+    end, answers = tok.special_tokens["<|end|>"], []
+    for o in out:   # made into a chat response here: a finished sentence is one that ended with <|end|>
+        text, ended = first_sentence(tok.decode(o))
+        answers.append(tok.to_tiktoken().encode_ordinary(text) + [end] * ended)
+    rows = {"zero-shot": make_row(tok, answers[:len(prompts)])}
+    if shots:   # else no demonstration fits next to the prompt and the answer
+        rows[f"few-shot ({shots})"] = make_row(tok, answers[len(prompts):])
+    return rows
+
+
+def sample_rows(cfg, policies, tok, prompts, val_tokens, pool_size, device, ctx):
+    """Phase 1, the samples: every policy in the chat template (and the base model in plain text). SFT draws
+    pool_size samples per prompt for best-of-N, its row is the first. Returns (rows, pool): pool[j][i] is
+    SFT's candidate j for prompt i."""
+    def sample(model, k=1):   # k samples per prompt in one batched call, cut into k lists of one per prompt
         with ctx:
-            return sample_responses(model, tok, prompts * k, cfg.max_new_tokens, cfg.temperature,
-                                    seed=cfg.seed, batch_size=512, device=device)
+            flat, _ = sample_responses(model, tok, prompts * k, cfg.max_new_tokens, cfg.temperature,
+                                       seed=cfg.seed, batch_size=512, device=device)
+        return [flat[j * len(prompts):(j + 1) * len(prompts)] for j in range(k)]
+    rows, pool = {}, None
+    if "pretrain" in policies:
+        rows["pretrain"] = make_row(tok, sample(policies["pretrain"][0])[0])
+        rows.update(base_model_rows(cfg, policies["pretrain"][0], tok, prompts, val_tokens, device, ctx))
+    if "sft" in policies:
+        pool = sample(policies["sft"][0], pool_size)
+        rows["sft"] = make_row(tok, pool[0])
+    if "ppo" in policies:
+        rows["ppo"] = make_row(tok, sample(policies["ppo"][0])[0])
+    return rows, pool
 
-    # 1. samples: every policy in the chat template; SFT draws 16 per slot for best-of-N (its row: candidate 0)
-    val_tokens = None
-    if "pretrain" in models:
-        add_row("pretrain", *sample(models["pretrain"][0]))
-        val_tokens = validation_tokens(tok, paths["pretrain"], models["pretrain"][1]["args"], cfg.corpus)
-        # zero- and few-shot in plain text; the demonstrations (for training prompts) come from the corpus's tail.
-        # The answer is one sentence: 40 new tokens hold one of about 27 words (the guideline allows 8 to 30);
-        # the rest of the context holds the demonstrations. Both rows in one batched call.
-        demos = labeler.demonstrations(tok.decode(val_tokens.tolist()), 50, cfg.seed)
-        new_tokens = min(cfg.max_new_tokens, 40)
-        room = models["pretrain"][0].config.block_size - new_tokens
-        zero, _ = plain_text_contexts(tok, prompts, demos, 0, room)
-        few, shots = plain_text_contexts(tok, prompts, demos, cfg.shots, room)
-        g = torch.Generator(device=device).manual_seed(cfg.seed)
-        with ctx:
-            out, _ = models["pretrain"][0].generate(zero + (few if shots else []), new_tokens, cfg.temperature,
-                                                    generator=g)
-        texts, ended = zip(*(first_sentence(tok.decode(o)) for o in out))
-        answers = [tok.to_tiktoken().encode_ordinary(t) for t in texts]
-        add_row("zero-shot", answers[:n], ended[:n])
-        if shots:   # else no demonstration fits next to the prompt and the answer
-            add_row(f"few-shot ({shots})", answers[n:], ended[n:])
-    if "sft" in models:
-        pool, pool_ended = sample(models["sft"][0], max(BEST_OF) if reward else 1)
-        add_row("sft", pool[:n], pool_ended[:n])
-    if "ppo" in models:
-        add_row("ppo", *sample(models["ppo"][0]))
 
-    # 2. KL to SFT of each policy, on its own samples (SFT's own: 0 by definition)
-    if "sft" in models:
-        rows["sft"]["kl"] = [0.0] * n
-        for stage in ("pretrain", "ppo"):
-            if stage in models:
-                rows[stage]["kl"] = kl_per_response(models[stage][0], models["sft"][0], prompt_ids,
-                                                    rows[stage]["ids"], cfg.temperature, ctx)
+def add_kl(rows, policies, prompt_ids, temperature, ctx):
+    """Phase 2: the KL to SFT of each policy, on its own samples (SFT's own: 0 by definition)."""
+    rows["sft"]["kl"] = [0.0] * len(prompt_ids)
+    for stage in ("pretrain", "ppo"):
+        if stage in policies:
+            rows[stage]["kl"] = kl_per_response(policies[stage][0], policies["sft"][0], prompt_ids,
+                                                rows[stage]["ids"], temperature, ctx)
 
-    # 3. the RM scores everything; best-of-N picks among SFT's candidates by RM score
-    if reward is not None:
-        for name, r in rows.items():
-            if name != "sft":
-                r["rm"] = reward(prompt_ids, r["ids"]).tolist()
-        if "sft" in models:
-            pool_rm = reward(prompt_ids * max(BEST_OF), [list(r) + [end] * e for r, e in zip(pool, pool_ended)])
-            pool_rm = pool_rm.cpu().numpy().reshape(max(BEST_OF), n)
-            rows["sft"]["rm"] = pool_rm[0].tolist()   # SFT's row is candidate 0 of the pool
-            for N in BEST_OF:
-                pick = best_of_n(pool_rm, N) * n + np.arange(n)
-                add_row(f"best-of-{N}", [pool[j] for j in pick], [pool_ended[j] for j in pick],
-                        [math.log(N) - (N - 1) / N] * n)
-                rows[f"best-of-{N}"]["rm"] = pool_rm.reshape(-1)[pick].tolist()
 
-    # 4. the labeler scores everything; one summary line per row
+def add_rm_scores(rows, pool, reward, tok, prompt_ids):
+    """Phase 3: the RM scores every row; best-of-N keeps, per prompt, SFT's candidate with the highest RM
+    score among the first N of the pool."""
+    for name, r in rows.items():
+        if name != "sft":
+            r["rm"] = reward(prompt_ids, r["ids"]).tolist()
+    if pool is None:
+        return
+    n = len(prompt_ids)
+    pool_rm = reward(prompt_ids * len(pool), [r for candidates in pool for r in candidates])
+    pool_rm = pool_rm.cpu().numpy().reshape(len(pool), n)   # pool_rm[j, i]: candidate j for prompt i
+    rows["sft"]["rm"] = pool_rm[0].tolist()
+    for N in BEST_OF:
+        pick = best_of_n(pool_rm, N)
+        rows[f"best-of-{N}"] = make_row(tok, [pool[j][i] for i, j in enumerate(pick)], [math.log(N) - (N - 1) / N] * n)
+        rows[f"best-of-{N}"]["rm"] = pool_rm[pick, np.arange(n)].tolist()
+
+
+def summarize(rows, prompts):
+    """Phase 4: the labeler scores every response; one summary per row, in the report's order."""
     for r in rows.values():
         r["gold"] = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, r["texts"], r["ended"])]
     order = ["pretrain", "zero-shot", *[k for k in rows if k.startswith("few-shot")], "sft",
@@ -327,35 +332,70 @@ def main(argv=None):
                         "tokens": float(np.mean([len(i) - e for i, e in zip(r["ids"], r["ended"])])),
                         "ended": float(np.mean(r["ended"])),
                         "win_vs_sft": win_rate(r["gold"], rows["sft"]["gold"]) if "sft" in rows else None})
+    return summary
 
-    # 5. perplexity, RM accuracy on fresh rankings, the PPO run's over-optimization chart
-    perplexity = {}
-    if val_tokens is not None:
-        batch_size = models["pretrain"][1]["args"].get("batch_size", 32)
-        for stage, (model, _) in models.items():
-            batch = lambda i: get_lm_batch(val_tokens, batch_size, model.config.block_size,
-                                           torch.Generator().manual_seed(i), device)
-            perplexity[stage] = math.exp(lm_loss(model, batch, cfg.ppl_iters, ctx))
-    rm_accuracy = {}
-    if reward is not None and "sft" in models:
-        a = rm_ckpt["args"]   # rank as train_rm did: its K, label noise and temperature
-        rcfg = SimpleNamespace(k=a.get("k", 4), label_noise=a.get("label_noise", 0.05),
-                               temperature=a.get("temperature", 1.0), max_new_tokens=cfg.max_new_tokens)
-        rank_prompts = [held[i % len(held)] for i in range(cfg.rm_rankings)]
-        rankings = sample_rankings(models["sft"][0], tok, rank_prompts, rcfg, cfg.seed + 1, device, ctx)[0]
-        rm_accuracy = {"rankings": len(rankings), **rm_evaluate(rm_model, rankings, device, ctx),
-                       "at_training": {k[8:]: v for k, v in rm_ckpt["metrics"].items() if k.startswith("heldout_")}}
-    chart, curve = None, []
+
+def perplexities(policies, val_tokens, ppl_iters, device, ctx):
+    """Phase 5a: each policy's validation perplexity, in batches of pretraining's size."""
+    batch_size = policies["pretrain"][1]["args"].get("batch_size", 32)
+    out = {}
+    for stage, (model, _) in policies.items():
+        batch = lambda i: get_lm_batch(val_tokens, batch_size, model.config.block_size,
+                                       torch.Generator().manual_seed(i), device)
+        out[stage] = math.exp(lm_loss(model, batch, ppl_iters, ctx))
+    return out
+
+
+def rm_accuracy(rm, sft, tok, cfg, device, ctx):
+    """Phase 5b: the RM's pairwise accuracy on fresh held-out rankings of SFT samples, ranked as train_rm
+    ranked (its K, temperature and label noise; RMConfig's defaults where the checkpoint does not say)."""
+    _, model, _, ckpt = rm
+    a = {**asdict(RMConfig()), **ckpt["args"]}
+    held = labeler.heldout_prompts()
+    rankings = sample_rankings(sft, tok, [held[i % len(held)] for i in range(cfg.rm_rankings)], k=a["k"],
+                               temperature=a["temperature"], max_new_tokens=cfg.max_new_tokens,
+                               label_noise=a["label_noise"], seed=cfg.seed + 1, device=device, ctx=ctx)[0]
+    return {"rankings": len(rankings), **rm_evaluate(model, rankings, device, ctx),
+            "at_training": {k[8:]: v for k, v in ckpt["metrics"].items() if k.startswith("heldout_")}}
+
+
+def ppo_chart(paths, out_dir):
+    """Phase 5c: the over-optimization chart from the log next to the PPO checkpoint. Returns (file or None, curve)."""
     log_path = os.path.splitext(paths["ppo"])[0] + ".log.jsonl" if "ppo" in paths else ""
-    if os.path.isfile(log_path):
-        curve = read_ppo_curve(log_path)
-        if curve:
-            chart = overopt_chart(curve, os.path.join(cfg.out_dir, "eval_overopt"))
+    curve = read_ppo_curve(log_path) if os.path.isfile(log_path) else []
+    return (overopt_chart(curve, os.path.join(out_dir, "eval_overopt")) if curve else None), curve
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    cfg = parse_config(EvalConfig, __doc__.split("\n")[0], argv)
+    check_flags(positive=(("--samples-per-prompt", cfg.samples_per_prompt), ("--max-new-tokens", cfg.max_new_tokens)))
+    t_start = time.time()
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    device = pick_device(cfg.device)
+    ctx = autocast(device, cfg.precision)
+    paths, policies, tok, rm = load_checkpoints(cfg, device)
+    held = labeler.heldout_prompts()
+    prompts = [held[i % len(held)] for i in range(len(held) * cfg.samples_per_prompt)]   # the same in every row
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
+    val_tokens = None
+    if "pretrain" in policies:
+        val_tokens = validation_tokens(tok, paths["pretrain"], policies["pretrain"][1]["args"], cfg.corpus)
+
+    rows, pool = sample_rows(cfg, policies, tok, prompts, val_tokens, max(BEST_OF) if rm else 1, device, ctx)
+    if "sft" in policies:
+        add_kl(rows, policies, prompt_ids, cfg.temperature, ctx)
+    if rm is not None:
+        add_rm_scores(rows, pool, rm[0], tok, prompt_ids)
+    summary = summarize(rows, prompts)
+    perplexity = perplexities(policies, val_tokens, cfg.ppl_iters, device, ctx) if val_tokens is not None else {}
+    rm_acc = rm_accuracy(rm, policies["sft"][0], tok, cfg, device, ctx) if rm and "sft" in policies else {}
+    chart, curve = ppo_chart(paths, cfg.out_dir)
 
     samples = [{"prompt": prompts[i], "responses": {s["name"]: (rows[s["name"]]["gold"][i], rows[s["name"]]["texts"][i])
-                                                    for s in summary}} for i in range(min(cfg.show, n))]
-    res = {"settings": {**asdict(cfg), "samples": n, "checkpoints": paths}, "rows": summary,
-           "perplexity": perplexity, "rm_accuracy": rm_accuracy, "samples": samples, "ppo_curve": curve,
+                                                    for s in summary}} for i in range(min(cfg.show, len(prompts)))]
+    res = {"settings": {**asdict(cfg), "samples": len(prompts), "checkpoints": paths}, "rows": summary,
+           "perplexity": perplexity, "rm_accuracy": rm_acc, "samples": samples, "ppo_curve": curve,
            "chart": chart, "seconds": time.time() - t_start}
     report = markdown(res)
     with open(os.path.join(cfg.out_dir, "eval.md"), "w", encoding="utf-8") as f:

@@ -19,6 +19,10 @@ import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import labeler
+from common import POLICY_STAGES, fail, load_model, pick_device
+from data import load_prompts, load_rankings, response_text, sample_responses
+
 MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label.html")
 
@@ -162,7 +166,6 @@ class Handler(BaseHTTPRequestHandler):
 
 def model_sampler(path, args, device):
     """sample(prompt, k): k responses of the checkpoint at `path`, one generation at a time."""
-    from common import POLICY_STAGES, load_model, sample_responses
     model, tok, _ = load_model(path, POLICY_STAGES, device, flag="--ckpt" if path == args.ckpt else "--rate")
     lock, calls = threading.Lock(), [0]
 
@@ -171,13 +174,11 @@ def model_sampler(path, args, device):
             calls[0] += 1
             ids, _ = sample_responses(model, tok, [prompt] * k, args.max_new_tokens, args.temperature,
                                       args.top_k, seed=args.seed + calls[0], device=device)
-        return [tok.decode(r) for r in ids]
+        return [response_text(tok, r)[0] for r in ids]
     return sample
 
 
 def main(argv=None):
-    from common import fail, pick_device
-    from data import load_prompts, load_rankings
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default="out/sft.pt", help="policy checkpoint to sample from")
     p.add_argument("--out", default="", help="JSONL to append to (default data/rankings.jsonl, "
@@ -201,11 +202,7 @@ def main(argv=None):
         fail("--temperature 0 (greedy) would give K identical responses; use a temperature > 0")
     if not 0 <= args.port <= 65535:
         fail(f"--port {args.port}: must be 0..65535 (0 picks a free port)")
-    if args.prompts:
-        prompts = load_prompts(args.prompts, "--prompts")
-    else:
-        import labeler
-        prompts = labeler.train_prompts()
+    prompts = load_prompts(args.prompts, "--prompts") if args.prompts else labeler.train_prompts()
     out = args.out or ("out/ratings.jsonl" if args.rate else "data/rankings.jsonl")
     if os.path.isdir(out):
         fail(f"--out {out}: is a folder, expected a .jsonl file")

@@ -29,28 +29,20 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, check_flags, fail, last_index, load_checkpoint, load_model,
-                    parse_config, pick_device, save_checkpoint)
-from data import encode_prompt, left_pad, load_prompts, read_corpus
-from gpt import GPT, GPTConfig
-from train_rm import rm_score
+from common import (POLICY_STAGES, Log, autocast, check_flags, check_tokenizer, fail, last_index, load_checkpoint,
+                    load_model, load_reward_model, parse_config, pick_device, save_checkpoint)
+from data import (action_logprobs, encode_prompt, get_lm_batch, load_prompts, pad_episodes, read_corpus,
+                  response_text)
 
 # ----------------------------------------------------------------------------- the math
-# Layout: a batch of prompt+response rows, left-padded to (B, T). Per-token quantities live on a
-# (B, T-1) grid where column t holds what the model says at position t about token t+1: the action
-# a_t = idx[:, t+1] taken in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t is a
-# response token (an action of the policy); prompt and padding columns are False.
-
-def action_logprobs(logits, idx, temperature):
-    """log pi(a_t | s_t) = log softmax(logits_t / T)[idx_{t+1}]: the logits at position t predict
-    token t+1. Divide by the sampling temperature T here too, or the ratio and the KL are wrong."""
-    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    return logp.gather(-1, idx[:, 1:, None]).squeeze(-1)
-
+# Layout (data.py, "Episodes"): prompt+response rows left-padded to (B, T); per-token quantities on a
+# (B, T-1) grid whose column t is the action a_t = idx[:, t+1] in state s_t = idx[:, :t+1]; `mask` (B, T-1)
+# True on response tokens. data.action_logprobs gives log pi(a_t | s_t) at the sampling temperature.
 
 def entropy(logits, temperature):
     """H = -sum_a p(a) log p(a) of the sampling distribution at every position (B, T-1)."""
@@ -180,33 +172,22 @@ def forward(model, idx, pad_mask, temperature):
     return action_logprobs(logits, idx, temperature), model.scalar(h)[:, :-1].float(), logits
 
 
-def pad_episodes(prompts, responses, device):
-    """Rows prompt+response, left-padded: (idx, pad_mask, mask), where mask (B, T-1) marks the action
-    columns of the response tokens. Each response is the last len(r) tokens of its row, so its actions
-    are the columns >= T-1-len(r)."""
-    idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=device)
-    lens = torch.tensor([len(r) for r in responses], device=device)
-    mask = torch.arange(idx.shape[1] - 1, device=device)[None] >= (idx.shape[1] - 1 - lens)[:, None]
-    return idx, pad_mask, mask
-
-
 @torch.no_grad()
 def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
-    """Sample one response per prompt, cut at <|end|>, and score every action under the policy
-    (the "old" log-probs and values of the update) and the reference, with a full forward pass
-    over prompt+response. Recomputing instead of keeping generate's log-probs makes the update
-    start at ratio exactly 1 (same code path), which a test checks against generate's."""
+    """Sample one response per prompt (ending with its <|end|>, if any: data.py's rule for responses),
+    and score every action under the policy (the "old" log-probs and values of the update) and the
+    reference, with a full forward pass over prompt+response. Recomputing instead of keeping generate's
+    log-probs makes the update start at ratio exactly 1 (same code path), which a test checks."""
     with ctx:
         responses, _ = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                                        stop_token=end_id, generator=generator)
-    responses = [r[: r.index(end_id) + 1] if end_id in r else r for r in responses]
     idx, pad_mask, mask = pad_episodes(prompts, responses, next(policy.parameters()).device)
     with ctx:
         logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature)
         logp_ref, _, _ = forward(ref, idx, pad_mask, cfg.temperature)
     return dict(idx=idx, pad_mask=pad_mask, mask=mask.float(), logp=logp, logp_ref=logp_ref,
                 values=values * mask, entropy=masked_mean(entropy(logits, cfg.temperature), mask).item(),
-                responses=responses, ended=[end_id in r for r in responses])
+                responses=responses, ended=[r[-1:] == [end_id] for r in responses])
 
 
 def make_optimizer(policy, cfg):
@@ -289,35 +270,25 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
 
 
 # ----------------------------------------------------------------------------- the real run
-def reward_model_fn(rm, gain, bias, tok, ctx):
-    """The reward: the reward model read at the last real token of prompt+response (the <|end|>),
-    normalized so that SFT samples score mean 0, std 1 (train_rm.rm_score, the RM's own reader).
+def reward_model_fn(reward, tok):
+    """The reward: reward(prompts, responses) from common.load_reward_model, the reward model read at the
+    last real token of prompt+response (the <|end|>), normalized so that SFT samples score mean 0, std 1.
     Also logs the simulated labeler's gold score: the truth the reward model only approximates."""
-    @torch.no_grad()
     def reward_fn(prompts, responses, ended):
-        idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=next(rm.parameters()).device)
-        with ctx:
-            scores = rm_score(rm, idx, pad_mask, gain, bias).float()
+        scores = reward(prompts, responses)
         texts = [tok.decode(p[1:-1]) for p in prompts]  # strip <|user|> and <|assistant|>
-        gold = [labeler.score(x, tok.decode(r[:-1] if e else r), e)[0]
-                for x, r, e in zip(texts, responses, ended) if labeler.parse_prompt(x)]  # --prompts: maybe none
+        gold = [labeler.score(x, *response_text(tok, r))[0]
+                for x, r in zip(texts, responses) if labeler.parse_prompt(x)]  # --prompts: maybe none
         return scores, {"rm": scores.mean().item(), **({"gold": sum(gold) / len(gold)} if gold else {})}
     return reward_fn
 
 
 def corpus_batches(cfg, tok, block_size, device):
-    """PPO-ptx: random windows of the pretraining corpus, (x, y = x shifted by one)."""
-    text = read_corpus(cfg.ptx_data)
-    tokens = torch.tensor(tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}))
+    """PPO-ptx: batch(generator) -> (x, y): random windows of the pretraining corpus (data.get_lm_batch)."""
+    tokens = np.array(tok.to_tiktoken().encode(read_corpus(cfg.ptx_data), allowed_special={"<|endoftext|>"}))
     if len(tokens) < block_size + 2:
         fail(f"--ptx-data {cfg.ptx_data}: {len(tokens)} tokens, fewer than one block of {block_size + 1}")
-
-    def batch(generator):
-        starts = torch.randint(len(tokens) - block_size - 1, (cfg.ptx_batch_size,), generator=generator,
-                               device=generator.device).tolist()
-        rows = torch.stack([tokens[s: s + block_size + 1] for s in starts]).to(device)
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-    return batch
+    return lambda generator: get_lm_batch(tokens, cfg.ptx_batch_size, block_size, generator, device)[:2]
 
 
 @torch.no_grad()
@@ -355,15 +326,8 @@ def main(argv=None):
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
     if init_ckpt["stage"] != "sft":
         print(f"warning: --init {cfg.init} is a {init_ckpt['stage']!r} checkpoint; PPO normally starts from SFT")
-    rm_ckpt = load_checkpoint(cfg.reward, flag="--reward")
-    if rm_ckpt["stage"] != "rm" or "rm_gain" not in rm_ckpt:
-        fail(f"--reward {cfg.reward}: is a {rm_ckpt['stage']!r} checkpoint, but PPO needs a reward model "
-             f"(stage 'rm', written by train_rm.py)")
-    if rm_ckpt["tokenizer"] != init_ckpt["tokenizer"]:
-        fail(f"--reward {cfg.reward}: its tokenizer differs from --init {cfg.init}'s")
-    rm = GPT(GPTConfig(**rm_ckpt["config"]))
-    rm.load_state_dict(rm_ckpt["model"])
-    rm = rm.to(device).eval().requires_grad_(False)
+    reward, rm, rm_tok, _ = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
+    check_tokenizer(rm_tok, tok, f"--reward {cfg.reward}", f"--init {cfg.init}'s")
     prompts = load_prompts(cfg.prompts) if cfg.prompts else labeler.train_prompts()
     unscored = sum(labeler.parse_prompt(p) is None for p in prompts)
     if unscored:  # the gold score is only defined for the labeler's own task prompts
@@ -407,7 +371,7 @@ def main(argv=None):
                                                     args=asdict(cfg), metrics=record, kl_beta=beta,
                                                     optimizer=optimizer.state_dict())
     ptx = corpus_batches(cfg, tok, policy.config.block_size, device) if cfg.ptx_coef > 0 else None
-    reward_fn = reward_model_fn(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"], tok, ctx)
+    reward_fn = reward_model_fn(reward, tok)
     end = tok.special_tokens["<|end|>"]
     t0 = time.time()
     beta, record = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter, beta, optimizer)
@@ -425,7 +389,7 @@ def main(argv=None):
         with torch.no_grad(), ctx:
             r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature, stop_token=end,
                                 generator=g)[0][0]
-        print(f"  {p}\n  > {tok.decode([t for t in r if t != end])}")
+        print(f"  {p}\n  > {response_text(tok, r)[0]}")
 
 
 if __name__ == "__main__":

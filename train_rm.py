@@ -12,7 +12,7 @@ a ranking is scored once, and the loss runs over all C(K,2) pairs formed from th
     loss(theta) = -1/C(K,2) * E_{(x, y_w, y_l) ~ D} [ log sigmoid( r_theta(x, y_w) - r_theta(x, y_l) ) ]
 
 Afterwards a gain and bias make samples of the --init (SFT) model score mean 0, std 1; they are stored in
-the checkpoint, and load_reward_model() applies them. The RM is evaluated on held-out prompts against the
+the checkpoint, and common.load_reward_model() applies them (common also holds the reader, score_seqs). The RM is evaluated on held-out prompts against the
 labeler: pairwise accuracy vs the noisy labels and vs the noise-free order, and Spearman's rank correlation.
 """
 import math
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, check_flags, cosine_lr, fail, last_index, load_model,
-                    parse_config, pick_device, sample_responses, save_checkpoint)
-from data import encode_prompt, left_pad, load_rankings
+from common import (POLICY_STAGES, Log, autocast, check_flags, check_tokenizer, cosine_lr, fail, load_model,
+                    parse_config, pick_device, save_checkpoint, score_all, score_seqs)
+from data import encode_prompt, load_rankings, response_text, sample_responses
 
 
 SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide batches
@@ -60,48 +60,6 @@ class RMConfig:
     precision: str = "auto"
 
 
-# ----------------------------------------------------------------------------- the reward model
-def rm_score(model, idx, pad_mask=None, gain=1.0, bias=0.0):
-    """Reward (B,) of each row: the scalar head at the row's last real token (the <|end|>), never
-    mean-pooled; gain * r + bias. Works for left, right or no padding."""
-    pad_mask = torch.ones_like(idx, dtype=torch.bool) if pad_mask is None else pad_mask
-    h = model.hidden(idx, pad_mask)
-    return gain * model.scalar(h[torch.arange(len(idx), device=idx.device), last_index(pad_mask)]).float() + bias
-
-
-def score_seqs(model, seqs, device):
-    """Rewards (with grad) of token lists prompt+response(+<|end|>); too long rows keep their end."""
-    idx, mask = left_pad([s[-model.config.block_size:] for s in seqs], device=device)
-    return rm_score(model, idx, mask)
-
-
-@torch.no_grad()
-def score_all(model, seqs, device, ctx, batch_size=64):
-    """Raw rewards of many sequences as a numpy array, in eval mode, batch by batch."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        with ctx:
-            out.append(score_seqs(model, seqs[i:i + batch_size], device).float().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def load_reward_model(path, device="cpu", flag="--reward", precision="auto"):
-    """An "rm" checkpoint -> (reward, model, tok, ckpt). reward(prompts, responses) -> FloatTensor (B,) on
-    device: normalized scores (SFT samples: mean 0, std 1) of token lists, prompts as data.encode_prompt
-    gives them, responses as GPT.generate gives them (ending with <|end|> when the model stopped)."""
-    model, tok, ckpt = load_model(path, ("rm",), device, flag)
-    model.eval().requires_grad_(False)
-    gain, bias, ctx = ckpt["rm_gain"], ckpt["rm_bias"], autocast(device.split(":")[0], precision)
-
-    def reward(prompts, responses):
-        seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
-        return torch.tensor(gain * score_all(model, seqs, device, ctx) + bias, dtype=torch.float32, device=device)
-    return reward, model, tok, ckpt
-
-
 # ----------------------------------------------------------------------------- the loss (InstructGPT eq. 1)
 def pairs(k):
     """All C(k,2) (better, worse) index pairs of a ranking listed best to worst."""
@@ -122,29 +80,27 @@ def ranking_loss(scores, sizes):
 
 
 # ----------------------------------------------------------------------------- rankings
-def sample_rankings(policy, tok, prompts, cfg, seed, device, ctx):
-    """K responses per prompt from the policy (KV cache, stop at <|end|>), ranked best..worst by the
+def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, label_noise, seed, device, ctx):
+    """k responses per prompt from the policy (KV cache, stop at <|end|>), ranked best..worst by the
     simulated labeler with N(0, label_noise^2) added to its score. Identical responses to a prompt are
     merged (a ranking needs >= 2 distinct ones). A response cut off before <|end|> is scored ended=False.
     Returns (rankings, all sampled sequences): a ranking is {"prompt", "texts", "seqs", "gold"}."""
-    end = tok.special_tokens["<|end|>"]
     with ctx:
-        responses, ended = sample_responses(policy, tok, [p for p in prompts for _ in range(cfg.k)],
-                                            cfg.max_new_tokens, cfg.temperature, seed=seed, device=device,
-                                            batch_size=SAMPLE_BATCH)
+        responses, _ = sample_responses(policy, tok, [p for p in prompts for _ in range(k)], max_new_tokens,
+                                        temperature, seed=seed, device=device, batch_size=SAMPLE_BATCH)
     rng = np.random.default_rng(seed)
     rankings, samples = [], []
     for n, prompt in enumerate(prompts):
         prompt_ids = encode_prompt(tok, prompt)
-        group = [(tuple(r), e) for r, e in zip(responses[n * cfg.k:(n + 1) * cfg.k], ended[n * cfg.k:(n + 1) * cfg.k])]
-        samples += [prompt_ids + list(r) + [end] * e for r, e in group]
+        group = [tuple(r) for r in responses[n * k:(n + 1) * k]]
+        samples += [prompt_ids + list(r) for r in group]
         distinct = list(dict.fromkeys(group))
         if len(distinct) < 2:
             continue
-        texts, ends = [tok.decode(list(r)) for r, _ in distinct], [e for _, e in distinct]
-        order = labeler.rank(prompt, texts, cfg.label_noise, rng, ends)
+        texts, ends = zip(*(response_text(tok, r) for r in distinct))
+        order = labeler.rank(prompt, list(texts), label_noise, rng, list(ends))
         rankings.append({"prompt": prompt, "texts": [texts[i] for i in order],
-                         "seqs": [prompt_ids + list(distinct[i][0]) + [end] * distinct[i][1] for i in order],
+                         "seqs": [prompt_ids + list(distinct[i]) for i in order],
                          "gold": [labeler.score(prompt, texts[i], ends[i])[0] for i in order]})
     return rankings, samples
 
@@ -251,28 +207,28 @@ def main(argv=None):
     policy = model
     if cfg.policy:
         policy, policy_tok, _ = load_model(cfg.policy, POLICY_STAGES, device, flag="--policy")
-        if policy_tok.state_dict() != tok.state_dict():
-            fail(f"--policy {cfg.policy}: its tokenizer differs from --init {cfg.init}'s")
+        check_tokenizer(policy_tok, tok, f"--policy {cfg.policy}", f"--init {cfg.init}'s")
 
     # 1. the rankings, and every sample we need, drawn before training changes the --init weights
     t0 = time.time()
     train_p, held = labeler.train_prompts(), labeler.heldout_prompts()
     random.Random(cfg.seed).shuffle(train_p)
     prompts = [train_p[i % len(train_p)] for i in range(cfg.n_prompts)]
+    knobs = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                 label_noise=cfg.label_noise, device=device, ctx=ctx)
     if cfg.data:
         rankings, norm_seqs = file_rankings(tok, cfg.data), None
     else:
-        rankings, norm_seqs = sample_rankings(policy, tok, prompts, cfg, cfg.seed, device, ctx)
+        rankings, norm_seqs = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
         if not rankings:
             fail(f"--init {cfg.policy or cfg.init}: no prompt got 2 distinct responses; raise --temperature")
     if cfg.data or cfg.policy:  # the normalization wants samples of the SFT model (--init) itself
         with ctx:
-            responses, ended = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
-                                                seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
-        end = tok.special_tokens["<|end|>"]
-        norm_seqs = [encode_prompt(tok, p) + r + [end] * e for p, r, e in zip(prompts, responses, ended)]
+            responses, _ = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
+                                            seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
+        norm_seqs = [encode_prompt(tok, p) + r for p, r in zip(prompts, responses)]
     eval_rankings = sample_rankings(policy, tok, [held[i % len(held)] for i in range(cfg.eval_prompts)],
-                                    cfg, cfg.seed + 1, device, ctx)[0]
+                                    seed=cfg.seed + 1, **knobs)[0]
     rk = rankings[0]
     print(f"{len(rankings)} rankings ({sum(map(len, (r['seqs'] for r in rankings)))} responses) and "
           f"{len(eval_rankings)} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +

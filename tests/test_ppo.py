@@ -257,12 +257,11 @@ def test_reward_fn_reads_the_rm_at_the_last_token_and_the_labeler(tiny_checkpoin
     """The RM score of a row does not depend on the other rows (padding); the gold score is the
     labeler's on the decoded response, with ended=False for a response without <|end|>."""
     import labeler
-    from common import load_model
+    from common import load_reward_model
     from data import encode_prompt
     d = tiny_checkpoints
-    rm, tok, ckpt = load_model(str(d / "rm.pt"), ("rm",))
-    rm.eval()
-    fn = ppo.reward_model_fn(rm, ckpt["rm_gain"], ckpt["rm_bias"], tok, ppo.autocast("cpu", "fp32"))
+    reward, rm, tok, ckpt = load_reward_model(str(d / "rm.pt"), precision="fp32")
+    fn = ppo.reward_model_fn(reward, tok)
     end, enc = tok.special_tokens["<|end|>"], tok.to_tiktoken().encode_ordinary
     texts = ["Write a cheerful sentence about money.", "Write a gloomy sentence about the army."]
     prompts = [encode_prompt(tok, t) for t in texts]

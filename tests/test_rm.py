@@ -97,7 +97,7 @@ def test_score_is_read_at_the_last_real_token_with_padding(tiny_tok):
         T = max(map(len, seqs))
         idx = torch.tensor([s + [7] * (T - len(s)) for s in seqs])
         mask = torch.tensor([[True] * len(s) + [False] * (T - len(s)) for s in seqs])
-        assert torch.allclose(train_rm.rm_score(model, idx, mask), batch, atol=1e-5)
+        assert torch.allclose(common.rm_score(model, idx, mask), batch, atol=1e-5)
 
 
 def test_normalization_gives_mean_0_std_1(tmp_path, tiny_tok):
@@ -112,7 +112,7 @@ def test_normalization_gives_mean_0_std_1(tmp_path, tiny_tok):
     # the checkpoint keeps them and load_reward_model applies them
     common.save_checkpoint(str(tmp_path / "rm.pt"), stage="rm", model=model, tokenizer=tiny_tok,
                            rm_gain=gain, rm_bias=bias)
-    reward, _, _, _ = train_rm.load_reward_model(str(tmp_path / "rm.pt"), precision="fp32")
+    reward, _, _, _ = common.load_reward_model(str(tmp_path / "rm.pt"), precision="fp32")
     r = reward([s[:len(p)] for s in seqs], [s[len(p):] for s in seqs])
     assert r.shape == (40,) and abs(r.mean().item()) < 1e-4 and r.std(unbiased=False).item() == pytest.approx(1, abs=1e-4)
 
@@ -148,12 +148,12 @@ def test_learns_an_easy_preference(tiny_tok):
 # ----------------------------------------------------------------------------- the script
 def test_sampled_rankings_dedup_and_unended(tiny_tok, monkeypatch):
     # 3 samples per prompt: two identical ones merge; a prompt with only one distinct sample is dropped
-    fake = [[40, 41], [40, 41], [50], [60], [60], [60]], [True, True, False, True, True, True]
-    monkeypatch.setattr(train_rm, "sample_responses", lambda *args, **kwargs: fake)
-    cfg = train_rm.RMConfig(k=3, label_noise=0.0)
-    rankings, samples = train_rm.sample_rankings(None, tiny_tok, [PROMPT, PROMPT], cfg, 0, "cpu",
-                                                 common.autocast("cpu", "fp32"))
     end, p = tiny_tok.special_tokens["<|end|>"], encode_prompt(tiny_tok, PROMPT)
+    fake = [[40, 41, end], [40, 41, end], [50], [60, end], [60, end], [60, end]], [True, True, False, True, True, True]
+    monkeypatch.setattr(train_rm, "sample_responses", lambda *args, **kwargs: fake)
+    rankings, samples = train_rm.sample_rankings(None, tiny_tok, [PROMPT, PROMPT], k=3, temperature=1.0,
+                                                 max_new_tokens=64, label_noise=0.0, seed=0, device="cpu",
+                                                 ctx=common.autocast("cpu", "fp32"))
     assert len(samples) == 6 and len(rankings) == 1
     rk = rankings[0]
     assert sorted(map(tuple, rk["seqs"])) == sorted([tuple(p + [40, 41, end]), tuple(p + [50])])  # no <|end|>: cut off
