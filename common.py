@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from gpt import GPT, GPTConfig, left_pad
 from tokenizer import Tokenizer
@@ -55,8 +56,7 @@ def eval_mode(model):
 
 
 def write_atomically(path, write):
-    """write(tmp) fills a temp file in path's folder, then os.replace puts it at path: a crash mid-write
-    leaves the previous file intact, and a reader never sees half a file."""
+    """write(tmp) fills a temp file beside path, then os.replace puts it there: a crash leaves the old file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     write(tmp)
@@ -156,10 +156,9 @@ def check_tokenizer(tok, expected, where, whose):
 
 
 # ----------------------------------------------------------------------------- the reward model
-def rm_score(model, idx, pad_mask=None):
+def rm_score(model, idx, pad_mask):
     """Reward (B,) of each row: the scalar head at the row's last real token (the <|end|>), never
-    mean-pooled (left, right or no padding)."""
-    pad_mask = torch.ones_like(idx, dtype=torch.bool) if pad_mask is None else pad_mask
+    mean-pooled (left or right padding)."""
     h = model.hidden(idx, pad_mask)
     return model.scalar(h[torch.arange(len(idx), device=idx.device), last_index(pad_mask)]).float()
 
@@ -183,9 +182,8 @@ def score_all(model, seqs, device, ctx, batch_size=64):
 
 def load_reward_model(path, device="cpu", flag="--reward", precision="auto"):
     """The loader for a reward model: an "rm" checkpoint -> (reward, model, tok, ckpt). reward(prompts,
-    responses) -> FloatTensor (B,) on device: normalized scores (gain * r + bias, fitted by train_rm so that
-    SFT samples score mean 0, std 1) of token lists, prompts as data.encode_prompt and responses as
-    data.sample_responses make them."""
+    responses) -> FloatTensor (B,) on device: gain * r + bias (fitted by train_rm: SFT samples score mean 0,
+    std 1) of token lists, prompts as data.encode_prompt and responses as data.sample_responses make them."""
     model, tok, ckpt = load_model(path, None, device, flag)
     if ckpt["stage"] != "rm" or "rm_gain" not in ckpt:
         fail(f"{flag} {path}: is a {ckpt['stage']!r} checkpoint, but {flag} needs a reward model "
@@ -238,7 +236,6 @@ def ddp_setup(device):
     Returns (rank, world_size, device); (0, 1, device) when run as a plain script."""
     if "RANK" not in os.environ:
         return 0, 1, device
-    import torch.distributed as dist
     dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if device == "cuda":
@@ -249,6 +246,5 @@ def ddp_setup(device):
 
 def ddp_cleanup():
     if "RANK" in os.environ:
-        import torch.distributed as dist
         dist.destroy_process_group()
 

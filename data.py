@@ -136,14 +136,6 @@ def load_prompts(path, flag="--data"):
     return [_text(rec, "prompt", path, n) for n, rec in read_jsonl(path, flag)]
 
 
-def write_jsonl(path, records):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    write_atomically(path, write)
-
-
 # ----------------------------------------------------------------------------- chat template
 def encode_prompt(tok, prompt):
     """<|user|>{prompt}<|assistant|>: the context a response is generated from."""
@@ -163,16 +155,14 @@ def encode_example(tok, prompt, response):
 
 
 # ----------------------------------------------------------------------------- responses
-# The one rule for every stage: a response is the list of tokens the model generated, ending with its <|end|>
-# when it wrote one, exactly as GPT.generate(..., stop_token=<|end|>) returns it. The reward model reads it at
-# that <|end|>, PPO counts the <|end|> as an action, and response_text() leaves it out for the labeler and
-# for people. A response that never wrote <|end|> was cut off (max_new_tokens or the block size).
+# The one rule for every stage: a response is the token list the model generated, ending with its <|end|> if it
+# wrote one (else it was cut off), as GPT.generate(..., stop_token=<|end|>) returns it. The reward model reads
+# it at that <|end|>, PPO counts the <|end|> as an action; response_text() leaves it out of the text.
 
 @torch.no_grad()
 def sample_responses(model, tok, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=0,
                      batch_size=64, device="cpu"):
-    """One response per prompt (a string, put in the chat template), batch by batch, in eval mode.
-    Returns (responses, ended): ended[i] says responses[i] ends with <|end|>."""
+    """One response per prompt (a string, put in the chat template), batch by batch, in eval mode."""
     end = tok.special_tokens["<|end|>"]
     gen = torch.Generator(device=device).manual_seed(seed)
     responses = []
@@ -181,19 +171,18 @@ def sample_responses(model, tok, prompts, max_new_tokens, temperature=1.0, top_k
             batch = [encode_prompt(tok, p) for p in prompts[i:i + batch_size]]
             responses += model.generate(batch, max_new_tokens, temperature=temperature, top_k=top_k,
                                         stop_token=end, generator=gen)[0]
-    return responses, [r[-1:] == [end] for r in responses]
+    return responses
 
 
 def response_text(tok, response):
     """(text, ended) of a response: its text leaves out the closing <|end|>."""
-    ended = len(response) > 0 and response[-1] == tok.special_tokens["<|end|>"]
+    ended = list(response[-1:]) == [tok.special_tokens["<|end|>"]]
     return tok.decode(list(response[:-1] if ended else response)), ended
 
 
-# Episodes (PPO's rollouts, eval's KL): rows prompt+response, left-padded to (B, T). Per-token quantities
-# live on a (B, T-1) grid where column t holds what the model says at position t about token t+1: the
-# action a_t = idx[:, t+1] taken in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t is a
-# response token (an action of the policy); prompt and padding columns are False.
+# Episodes (PPO's rollouts, eval's KL): rows prompt+response left-padded to (B, T), and per-token quantities on
+# a (B, T-1) grid whose column t is what the model says at position t about token t+1: the action a_t =
+# idx[:, t+1] in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t is a response token.
 
 def pad_episodes(prompts, responses, device):
     """Rows prompt+response, left-padded: (idx, pad_mask, mask), where mask (B, T-1) marks the action

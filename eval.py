@@ -24,7 +24,7 @@ Also: validation perplexity on the corpus's held-out tail (the split train_pretr
 the RM's pairwise accuracy on fresh held-out rankings (train_rm.evaluate), sample responses side by side,
 and the over-optimization chart: RM and gold score against KL over the PPO run, from its .log.jsonl.
 Writes <out-dir>/eval.md, eval.json and the chart (PNG with matplotlib, else a hand-written SVG).
-main() runs the phases at the end of this file in order: load, sample, KL, RM scores, gold, extras.
+main() runs the phases at the end of this file: load, samples, KL, RM scores, gold scores, extras.
 """
 import json
 import math
@@ -83,17 +83,6 @@ def best_of_n(rewards, n):
     """rewards (N_max, S): RM score of candidate j for sample slot i. Picks, per slot, the candidate with
     the highest RM score among the first n (so best-of-4 sees a subset of best-of-16's candidates)."""
     return np.asarray(rewards)[:n].argmax(0)
-
-
-@torch.no_grad()
-def kl_per_response(policy, ref, prompts, responses, temperature, ctx):
-    """sum_t log pi(y_t) - log pi_ref(y_t) over each response's tokens (<|end|> included), with both
-    models' logits divided by the sampling temperature (as in train_ppo, or the KL is wrong)."""
-    idx, pad_mask, mask = pad_episodes(prompts, responses, policy.lm_head.weight.device)
-    with ctx:
-        logp = action_logprobs(policy(idx, pad_mask=pad_mask)[0], idx, temperature)
-        logp_ref = action_logprobs(ref(idx, pad_mask=pad_mask)[0], idx, temperature)
-    return ((logp - logp_ref) * mask).sum(1).tolist()
 
 
 # ----------------------------------------------------------------------------- the base model, prompted
@@ -217,10 +206,9 @@ def markdown(res):
 
 # ----------------------------------------------------------------------------- the phases of main
 def load_checkpoints(cfg, device):
-    """The checkpoints: named with a flag (then they must exist), else <out-dir>/<stage>.pt if it is there.
-    Returns (paths, policies: stage -> (model, ckpt), tok, common.load_reward_model's tuple or None)."""
+    """Returns (paths, policies: stage -> (model, ckpt), tok, common.load_reward_model's tuple or None)."""
     paths = {}
-    for stage in ("pretrain", "sft", "ppo", "rm"):
+    for stage in ("pretrain", "sft", "ppo", "rm"):   # named with a flag: must exist; else: if it is in out-dir
         path = getattr(cfg, stage) or os.path.join(cfg.out_dir, f"{stage}.pt")
         if getattr(cfg, stage) or os.path.isfile(path):
             paths[stage] = path
@@ -240,16 +228,9 @@ def load_checkpoints(cfg, device):
     return paths, policies, tok, rm
 
 
-def make_row(tok, responses, kl=None):
-    """A row of the report: its responses (data.py's rule: ending with <|end|> if they ended), texts, ended."""
-    texts, ended = zip(*(response_text(tok, r) for r in responses))
-    return {"ids": list(responses), "texts": list(texts), "ended": list(ended), "kl": kl}
-
-
 def base_model_rows(cfg, model, tok, prompts, val_tokens, device, ctx):
-    """The zero- and few-shot rows, in one batched call; the demonstrations (for training prompts) come from
-    the corpus's tail. The answer is one sentence: 40 new tokens hold one of about 27 words (the guideline
-    allows 8 to 30); the rest of the context holds the demonstrations."""
+    """The zero- and few-shot rows in one batched call, the demonstrations from the corpus's tail. The answer
+    is one sentence: 40 new tokens hold one of about 27 words (the guideline allows 8 to 30)."""
     demos = labeler.demonstrations(tok.decode(val_tokens.tolist()), 50, cfg.seed)
     new_tokens = min(cfg.max_new_tokens, 40)
     room = model.config.block_size - new_tokens
@@ -262,45 +243,52 @@ def base_model_rows(cfg, model, tok, prompts, val_tokens, device, ctx):
     for o in out:   # made into a chat response here: a finished sentence is one that ended with <|end|>
         text, ended = first_sentence(tok.decode(o))
         answers.append(tok.to_tiktoken().encode_ordinary(text) + [end] * ended)
-    rows = {"zero-shot": make_row(tok, answers[:len(prompts)])}
+    rows = {"zero-shot": {"ids": answers[:len(prompts)]}}
     if shots:   # else no demonstration fits next to the prompt and the answer
-        rows[f"few-shot ({shots})"] = make_row(tok, answers[len(prompts):])
+        rows[f"few-shot ({shots})"] = {"ids": answers[len(prompts):]}
     return rows
 
 
 def sample_rows(cfg, policies, tok, prompts, val_tokens, pool_size, device, ctx):
     """Phase 1, the samples: every policy in the chat template (and the base model in plain text). SFT draws
-    pool_size samples per prompt for best-of-N, its row is the first. Returns (rows, pool): pool[j][i] is
-    SFT's candidate j for prompt i."""
+    pool_size samples per prompt for best-of-N, its row is the first. Returns (rows, pool): rows[name] =
+    {"ids": responses (data.py's rule)}, to which the later phases add; pool[j][i] is SFT's candidate j for
+    prompt i."""
     def sample(model, k=1):   # k samples per prompt in one batched call, cut into k lists of one per prompt
         with ctx:
-            flat, _ = sample_responses(model, tok, prompts * k, cfg.max_new_tokens, cfg.temperature,
-                                       seed=cfg.seed, batch_size=512, device=device)
+            flat = sample_responses(model, tok, prompts * k, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed,
+                                    batch_size=512, device=device)
         return [flat[j * len(prompts):(j + 1) * len(prompts)] for j in range(k)]
     rows, pool = {}, None
     if "pretrain" in policies:
-        rows["pretrain"] = make_row(tok, sample(policies["pretrain"][0])[0])
+        rows["pretrain"] = {"ids": sample(policies["pretrain"][0])[0]}
         rows.update(base_model_rows(cfg, policies["pretrain"][0], tok, prompts, val_tokens, device, ctx))
     if "sft" in policies:
         pool = sample(policies["sft"][0], pool_size)
-        rows["sft"] = make_row(tok, pool[0])
+        rows["sft"] = {"ids": pool[0]}
     if "ppo" in policies:
-        rows["ppo"] = make_row(tok, sample(policies["ppo"][0])[0])
+        rows["ppo"] = {"ids": sample(policies["ppo"][0])[0]}
     return rows, pool
 
 
+@torch.no_grad()
 def add_kl(rows, policies, prompt_ids, temperature, ctx):
-    """Phase 2: the KL to SFT of each policy, on its own samples (SFT's own: 0 by definition)."""
+    """Phase 2: each policy's KL to SFT on its own samples, sum_t log pi(y_t) - log pi_sft(y_t) over the
+    response's tokens (<|end|> included), both models' logits divided by the sampling temperature (as in
+    train_ppo, or the KL is wrong). SFT's own is 0 by definition."""
+    ref = policies["sft"][0]
     rows["sft"]["kl"] = [0.0] * len(prompt_ids)
     for stage in ("pretrain", "ppo"):
         if stage in policies:
-            rows[stage]["kl"] = kl_per_response(policies[stage][0], policies["sft"][0], prompt_ids,
-                                                rows[stage]["ids"], temperature, ctx)
+            idx, pad_mask, mask = pad_episodes(prompt_ids, rows[stage]["ids"], ref.lm_head.weight.device)
+            with ctx:
+                logp = action_logprobs(policies[stage][0](idx, pad_mask=pad_mask)[0], idx, temperature)
+                logp_ref = action_logprobs(ref(idx, pad_mask=pad_mask)[0], idx, temperature)
+            rows[stage]["kl"] = ((logp - logp_ref) * mask).sum(1).tolist()
 
 
-def add_rm_scores(rows, pool, reward, tok, prompt_ids):
-    """Phase 3: the RM scores every row; best-of-N keeps, per prompt, SFT's candidate with the highest RM
-    score among the first N of the pool."""
+def add_rm_scores(rows, pool, reward, prompt_ids):
+    """Phase 3: the RM scores every row; best-of-N keeps SFT's candidate with the best RM score (best_of_n)."""
     for name, r in rows.items():
         if name != "sft":
             r["rm"] = reward(prompt_ids, r["ids"]).tolist()
@@ -312,13 +300,14 @@ def add_rm_scores(rows, pool, reward, tok, prompt_ids):
     rows["sft"]["rm"] = pool_rm[0].tolist()
     for N in BEST_OF:
         pick = best_of_n(pool_rm, N)
-        rows[f"best-of-{N}"] = make_row(tok, [pool[j][i] for i, j in enumerate(pick)], [math.log(N) - (N - 1) / N] * n)
-        rows[f"best-of-{N}"]["rm"] = pool_rm[pick, np.arange(n)].tolist()
+        rows[f"best-of-{N}"] = {"ids": [pool[j][i] for i, j in enumerate(pick)],
+                                "kl": [math.log(N) - (N - 1) / N] * n, "rm": pool_rm[pick, np.arange(n)].tolist()}
 
 
-def summarize(rows, prompts):
+def summarize(rows, tok, prompts):
     """Phase 4: the labeler scores every response; one summary per row, in the report's order."""
     for r in rows.values():
+        r["texts"], r["ended"] = zip(*(response_text(tok, i) for i in r["ids"]))
         r["gold"] = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, r["texts"], r["ended"])]
     order = ["pretrain", "zero-shot", *[k for k in rows if k.startswith("few-shot")], "sft",
              *[f"best-of-{N}" for N in BEST_OF], "ppo"]
@@ -328,42 +317,36 @@ def summarize(rows, prompts):
         gold, se = mean_se(r["gold"])
         summary.append({"name": name, "gold": gold, "gold_se": se,
                         "rm": float(np.mean(r["rm"])) if "rm" in r else None,
-                        "kl": float(np.mean(r["kl"])) if r["kl"] is not None else None,
+                        "kl": float(np.mean(r["kl"])) if "kl" in r else None,
                         "tokens": float(np.mean([len(i) - e for i, e in zip(r["ids"], r["ended"])])),
                         "ended": float(np.mean(r["ended"])),
                         "win_vs_sft": win_rate(r["gold"], rows["sft"]["gold"]) if "sft" in rows else None})
     return summary
 
 
-def perplexities(policies, val_tokens, ppl_iters, device, ctx):
-    """Phase 5a: each policy's validation perplexity, in batches of pretraining's size."""
-    batch_size = policies["pretrain"][1]["args"].get("batch_size", 32)
-    out = {}
-    for stage, (model, _) in policies.items():
-        batch = lambda i: get_lm_batch(val_tokens, batch_size, model.config.block_size,
-                                       torch.Generator().manual_seed(i), device)
-        out[stage] = math.exp(lm_loss(model, batch, ppl_iters, ctx))
-    return out
-
-
-def rm_accuracy(rm, sft, tok, cfg, device, ctx):
-    """Phase 5b: the RM's pairwise accuracy on fresh held-out rankings of SFT samples, ranked as train_rm
-    ranked (its K, temperature and label noise; RMConfig's defaults where the checkpoint does not say)."""
-    _, model, _, ckpt = rm
-    a = {**asdict(RMConfig()), **ckpt["args"]}
-    held = labeler.heldout_prompts()
-    rankings = sample_rankings(sft, tok, [held[i % len(held)] for i in range(cfg.rm_rankings)], k=a["k"],
-                               temperature=a["temperature"], max_new_tokens=cfg.max_new_tokens,
-                               label_noise=a["label_noise"], seed=cfg.seed + 1, device=device, ctx=ctx)[0]
-    return {"rankings": len(rankings), **rm_evaluate(model, rankings, device, ctx),
-            "at_training": {k[8:]: v for k, v in ckpt["metrics"].items() if k.startswith("heldout_")}}
-
-
-def ppo_chart(paths, out_dir):
-    """Phase 5c: the over-optimization chart from the log next to the PPO checkpoint. Returns (file or None, curve)."""
+def extras(cfg, paths, policies, tok, rm, val_tokens, device, ctx):
+    """Phase 5: validation perplexities, the RM's pairwise accuracy on fresh held-out rankings of SFT samples
+    (ranked as train_rm ranked: its K, temperature and label noise, RMConfig's where the checkpoint does not
+    say), and the PPO run's over-optimization chart. Returns (perplexity, rm_accuracy, chart, curve)."""
+    perplexity, rm_acc = {}, {}
+    if val_tokens is not None:   # in batches of pretraining's size
+        batch_size = policies["pretrain"][1]["args"].get("batch_size", 32)
+        for stage, (model, _) in policies.items():
+            batch = lambda i: get_lm_batch(val_tokens, batch_size, model.config.block_size,
+                                           torch.Generator().manual_seed(i), device)
+            perplexity[stage] = math.exp(lm_loss(model, batch, cfg.ppl_iters, ctx))
+    if rm is not None and "sft" in policies:
+        _, rm_model, _, rm_ckpt = rm
+        a, held = {**asdict(RMConfig()), **rm_ckpt["args"]}, labeler.heldout_prompts()
+        rankings = sample_rankings(policies["sft"][0], tok, [held[i % len(held)] for i in range(cfg.rm_rankings)],
+                                   k=a["k"], temperature=a["temperature"], max_new_tokens=cfg.max_new_tokens,
+                                   label_noise=a["label_noise"], seed=cfg.seed + 1, device=device, ctx=ctx)[0]
+        rm_acc = {"rankings": len(rankings), **rm_evaluate(rm_model, rankings, device, ctx),
+                  "at_training": {k[8:]: v for k, v in rm_ckpt["metrics"].items() if k.startswith("heldout_")}}
     log_path = os.path.splitext(paths["ppo"])[0] + ".log.jsonl" if "ppo" in paths else ""
     curve = read_ppo_curve(log_path) if os.path.isfile(log_path) else []
-    return (overopt_chart(curve, os.path.join(out_dir, "eval_overopt")) if curve else None), curve
+    chart = overopt_chart(curve, os.path.join(cfg.out_dir, "eval_overopt")) if curve else None
+    return perplexity, rm_acc, chart, curve
 
 
 # ----------------------------------------------------------------------------- main
@@ -375,22 +358,18 @@ def main(argv=None):
     device = pick_device(cfg.device)
     ctx = autocast(device, cfg.precision)
     paths, policies, tok, rm = load_checkpoints(cfg, device)
-    held = labeler.heldout_prompts()
-    prompts = [held[i % len(held)] for i in range(len(held) * cfg.samples_per_prompt)]   # the same in every row
+    prompts = labeler.heldout_prompts() * cfg.samples_per_prompt   # the same in every row
     prompt_ids = [encode_prompt(tok, p) for p in prompts]
     val_tokens = None
     if "pretrain" in policies:
         val_tokens = validation_tokens(tok, paths["pretrain"], policies["pretrain"][1]["args"], cfg.corpus)
-
     rows, pool = sample_rows(cfg, policies, tok, prompts, val_tokens, max(BEST_OF) if rm else 1, device, ctx)
     if "sft" in policies:
         add_kl(rows, policies, prompt_ids, cfg.temperature, ctx)
     if rm is not None:
-        add_rm_scores(rows, pool, rm[0], tok, prompt_ids)
-    summary = summarize(rows, prompts)
-    perplexity = perplexities(policies, val_tokens, cfg.ppl_iters, device, ctx) if val_tokens is not None else {}
-    rm_acc = rm_accuracy(rm, policies["sft"][0], tok, cfg, device, ctx) if rm and "sft" in policies else {}
-    chart, curve = ppo_chart(paths, cfg.out_dir)
+        add_rm_scores(rows, pool, rm[0], prompt_ids)
+    summary = summarize(rows, tok, prompts)
+    perplexity, rm_acc, chart, curve = extras(cfg, paths, policies, tok, rm, val_tokens, device, ctx)
 
     samples = [{"prompt": prompts[i], "responses": {s["name"]: (rows[s["name"]]["gold"][i], rows[s["name"]]["texts"][i])
                                                     for s in summary}} for i in range(min(cfg.show, len(prompts)))]

@@ -264,15 +264,12 @@ class GPT(nn.Module):
         tokens, as nanoGPT crops its context. use_cache=False reruns the whole sequence each step
         (the slow reference the cache is tested and benchmarked against).
 
-        The rows: the prompts left-padded to T0 (the longest), then one column per step, the same for all rows:
-
-            column   0 1 2 3 4 | 5 6 7 8 9      . padding   p prompt   E the stop token
-            row 0    . . p p p | a b E x x      x drawn after the row stopped (yielded, not live)
-            row 1    p p p p p | c d e f g
-            real[0]  0 0 1 1 1 | 1 1 0 0 0      True: a token row 0 attends to
-
-        The KV cache holds every column, so cache.len is shared; a token's position is its own row's count
-        of real tokens before it (row 0's `a` is at 3 = lens[0] + t). budget: new tokens each row may have."""
+        The rows: prompts left-padded to T0 (the longest), then a column per step (. pad, p prompt, E stop token,
+        x drawn after the row stopped, yielded as not live); real says which tokens a row attends to:
+            row 0   . . p p p | a b E x x      real[0] = 0 0 1 1 1 | 1 1 0 0 0
+            row 1   p p p p p | c d e f g      real[1] = 1 1 1 1 1 | 1 1 1 1 1
+        The KV cache holds every column, so cache.len is shared; a token's position is its own row's count of
+        real tokens before it (row 0's `a` is at 3 = lens[0] + t). budget: new tokens each row may have."""
         if not prompts:
             return
         device, block_size = self.wte.weight.device, self.config.block_size

@@ -172,8 +172,8 @@ def model_sampler(path, args, device):
     def sample(prompt, k):
         with lock:   # the server's threads share one model
             calls[0] += 1
-            ids, _ = sample_responses(model, tok, [prompt] * k, args.max_new_tokens, args.temperature,
-                                      args.top_k, seed=args.seed + calls[0], device=device)
+            ids = sample_responses(model, tok, [prompt] * k, args.max_new_tokens, args.temperature,
+                                   args.top_k, seed=args.seed + calls[0], device=device)
         return [response_text(tok, r)[0] for r in ids]
     return sample
 

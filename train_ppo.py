@@ -40,9 +40,8 @@ from data import (action_logprobs, encode_prompt, get_lm_batch, load_prompts, pa
                   response_text)
 
 # ----------------------------------------------------------------------------- the math
-# Layout (data.py, "Episodes"): prompt+response rows left-padded to (B, T); per-token quantities on a
-# (B, T-1) grid whose column t is the action a_t = idx[:, t+1] in state s_t = idx[:, :t+1]; `mask` (B, T-1)
-# True on response tokens. data.action_logprobs gives log pi(a_t | s_t) at the sampling temperature.
+# Layout: data.py's episodes, (B, T-1) grids whose column t is the action a_t = idx[:, t+1] in state
+# s_t = idx[:, :t+1], `mask` True on response tokens; data.action_logprobs gives log pi(a_t | s_t).
 
 def entropy(logits, temperature):
     """H = -sum_a p(a) log p(a) of the sampling distribution at every position (B, T-1)."""

@@ -86,7 +86,7 @@ def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, lab
     merged (a ranking needs >= 2 distinct ones). A response cut off before <|end|> is scored ended=False.
     Returns (rankings, all sampled sequences): a ranking is {"prompt", "texts", "seqs", "gold"}."""
     with ctx:
-        responses, _ = sample_responses(policy, tok, [p for p in prompts for _ in range(k)], max_new_tokens,
+        responses = sample_responses(policy, tok, [p for p in prompts for _ in range(k)], max_new_tokens,
                                         temperature, seed=seed, device=device, batch_size=SAMPLE_BATCH)
     rng = np.random.default_rng(seed)
     rankings, samples = [], []
@@ -224,8 +224,8 @@ def main(argv=None):
             fail(f"--init {cfg.policy or cfg.init}: no prompt got 2 distinct responses; raise --temperature")
     if cfg.data or cfg.policy:  # the normalization wants samples of the SFT model (--init) itself
         with ctx:
-            responses, _ = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
-                                            seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
+            responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
+                                         seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
         norm_seqs = [encode_prompt(tok, p) + r for p, r in zip(prompts, responses)]
     eval_rankings = sample_rankings(policy, tok, [held[i % len(held)] for i in range(cfg.eval_prompts)],
                                     seed=cfg.seed + 1, **knobs)[0]

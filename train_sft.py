@@ -54,9 +54,10 @@ def collate(rows, device):
 @torch.no_grad()
 def labeler_eval(model, tok, prompts, cfg, device):
     """Mean simulated-labeler score and the share of responses that end with <|end|>."""
-    responses, ended = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
-                                        seed=cfg.seed, device=device)
-    scores = [labeler.score(p, *response_text(tok, r))[0] for p, r in zip(prompts, responses)]
+    responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed,
+                                 device=device)
+    texts, ended = zip(*(response_text(tok, r) for r in responses))
+    scores = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, texts, ended)]
     return {"gold_score": sum(scores) / len(scores), "ended": sum(ended) / len(ended)}
 
 

@@ -149,7 +149,7 @@ def test_learns_an_easy_preference(tiny_tok):
 def test_sampled_rankings_dedup_and_unended(tiny_tok, monkeypatch):
     # 3 samples per prompt: two identical ones merge; a prompt with only one distinct sample is dropped
     end, p = tiny_tok.special_tokens["<|end|>"], encode_prompt(tiny_tok, PROMPT)
-    fake = [[40, 41, end], [40, 41, end], [50], [60, end], [60, end], [60, end]], [True, True, False, True, True, True]
+    fake = [[40, 41, end], [40, 41, end], [50], [60, end], [60, end], [60, end]]
     monkeypatch.setattr(train_rm, "sample_responses", lambda *args, **kwargs: fake)
     rankings, samples = train_rm.sample_rankings(None, tiny_tok, [PROMPT, PROMPT], k=3, temperature=1.0,
                                                  max_new_tokens=64, label_noise=0.0, seed=0, device="cpu",
