@@ -58,8 +58,7 @@ def cached_tokens(text, tok, cache_dir):
 def get_lm_batch(tokens, batch_size, block_size, generator, device):
     """Random windows of block_size+1 tokens: x is the window, y the window shifted by one."""
     starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator, device=generator.device)
-    rows = np.stack([tokens[s: s + block_size + 1] for s in starts.tolist()]).astype(np.int64)
-    rows = torch.from_numpy(rows)
+    rows = torch.from_numpy(np.stack([tokens[s: s + block_size + 1] for s in starts.tolist()]).astype(np.int64))
     return rows[:, :-1].to(device), rows[:, 1:].to(device), None
 
 

@@ -98,10 +98,12 @@ def plain_text_contexts(tok, prompts, demos, shots, room):
     return [enc(prefix + p) for p in prompts], len(used)
 
 
-def first_sentence(text):
-    """A base model does not stop: its answer is its first sentence, ended if it finished it."""
-    parts = labeler.sentences(text)
-    return (parts[0], len(parts) > 1) if parts else ("", False)
+def first_sentence(tok, ids):
+    """A base model does not stop: its answer is its first sentence, as a response (data.py's rule) that
+    ended with <|end|> if it finished that sentence."""
+    parts = labeler.sentences(tok.decode(ids))
+    text, ended = (parts[0], len(parts) > 1) if parts else ("", False)
+    return tok.to_tiktoken().encode_ordinary(text) + [tok.special_tokens["<|end|>"]] * ended
 
 
 def validation_tokens(tok, pretrain_path, args, corpus=""):
@@ -239,10 +241,7 @@ def base_model_rows(cfg, model, tok, prompts, val_tokens, device, ctx):
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     with ctx:
         out, _ = model.generate(zero + (few if shots else []), new_tokens, cfg.temperature, generator=g)
-    end, answers = tok.special_tokens["<|end|>"], []
-    for o in out:   # made into a chat response here: a finished sentence is one that ended with <|end|>
-        text, ended = first_sentence(tok.decode(o))
-        answers.append(tok.to_tiktoken().encode_ordinary(text) + [end] * ended)
+    answers = [first_sentence(tok, o) for o in out]
     rows = {"zero-shot": {"ids": answers[:len(prompts)]}}
     if shots:   # else no demonstration fits next to the prompt and the answer
         rows[f"few-shot ({shots})"] = {"ids": answers[len(prompts):]}

@@ -12,8 +12,9 @@ a ranking is scored once, and the loss runs over all C(K,2) pairs formed from th
     loss(theta) = -1/C(K,2) * E_{(x, y_w, y_l) ~ D} [ log sigmoid( r_theta(x, y_w) - r_theta(x, y_l) ) ]
 
 Afterwards a gain and bias make samples of the --init (SFT) model score mean 0, std 1; they are stored in
-the checkpoint, and common.load_reward_model() applies them (common also holds the reader, score_seqs). The RM is evaluated on held-out prompts against the
-labeler: pairwise accuracy vs the noisy labels and vs the noise-free order, and Spearman's rank correlation.
+the checkpoint, and common.load_reward_model() applies them (common also holds the reader, score_seqs). The
+RM is evaluated on held-out prompts against the labeler: pairwise accuracy vs the noisy labels and vs the
+noise-free order, and Spearman's rank correlation.
 """
 import math
 import os
@@ -87,7 +88,7 @@ def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, lab
     Returns (rankings, all sampled sequences): a ranking is {"prompt", "texts", "seqs", "gold"}."""
     with ctx:
         responses = sample_responses(policy, tok, [p for p in prompts for _ in range(k)], max_new_tokens,
-                                        temperature, seed=seed, device=device, batch_size=SAMPLE_BATCH)
+                                     temperature, seed=seed, device=device, batch_size=SAMPLE_BATCH)
     rng = np.random.default_rng(seed)
     rankings, samples = [], []
     for n, prompt in enumerate(prompts):
