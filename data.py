@@ -135,6 +135,14 @@ def load_prompts(path, flag="--data"):
     return [_text(rec, "prompt", path, n) for n, rec in read_jsonl(path, flag)]
 
 
+def write_jsonl(path, records):
+    """One JSON object per line, UTF-8, written atomically (common.write_atomically)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    write_atomically(path, write)
+
+
 # ----------------------------------------------------------------------------- chat template
 def encode_prompt(tok, prompt):
     """<|user|>{prompt}<|assistant|>: the context a response is generated from."""

@@ -2,7 +2,9 @@
 
     python train_rm.py --init out/sft.pt          # sample K responses per prompt; the simulated labeler ranks them
     python train_rm.py --data rankings.jsonl      # human/external rankings: K-wise or chosen/rejected pairs
-    python train_rm.py --policy out/ppo.pt        # steps 2 and 3 repeated: rank samples of a newer policy
+    python train_rm.py --policy out/round1/ppo.pt --data out/round1/rm.rankings.jsonl
+                                                  # steps 2 and 3 repeated: rank samples of the newer policy,
+                                                  # and train on them plus the earlier rounds' rankings
 
 The reward model is the SFT model with its scalar head, read at the last real token of
 <|user|>{prompt}<|assistant|>{response}<|end|>, i.e. at the <|end|> (never mean-pooled). Every response of
@@ -14,7 +16,9 @@ a ranking is scored once, and the loss runs over all C(K,2) pairs formed from th
 Afterwards a gain and bias make samples of the --init (SFT) model score mean 0, std 1; they are stored in
 the checkpoint, and common.load_reward_model() applies them (common also holds the reader, score_seqs). The
 RM is evaluated on held-out prompts against the labeler: pairwise accuracy vs the noisy labels and vs the
-noise-free order, and Spearman's rank correlation.
+noise-free order, and Spearman's rank correlation, on samples of the SFT model (--init) and, with --policy,
+on samples of that policy too: the one PPO will start from, whose mistakes the new rankings are meant to catch.
+Every ranking the RM trained on is written next to it (out/rm.rankings.jsonl), the --data of the next round.
 """
 import math
 import os
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 import labeler
 from common import (POLICY_STAGES, Log, autocast, check_flags, check_tokenizer, cosine_lr, fail, load_model,
                     parse_config, pick_device, save_checkpoint, score_all, score_seqs)
-from data import encode_prompt, load_rankings, response_text, sample_responses
+from data import encode_prompt, load_rankings, response_text, sample_responses, write_jsonl
 
 
 SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide batches
@@ -42,7 +46,8 @@ class RMConfig:
     init: str = "out/sft.pt"         # the trunk the RM starts from (InstructGPT: the SFT model)
     out: str = "out/rm.pt"
     policy: str = ""                 # sample the K responses from this checkpoint instead of --init
-    data: str = ""                   # rankings JSONL; empty: sample, and the simulated labeler ranks
+    data: str = ""                   # rankings JSONL to train on; new ones are sampled (and the simulated
+                                     # labeler ranks them) too when --policy is named or --data is empty
     k: int = 8                       # responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives
                                      # 28 pairs per 8 forwards, K=4 only 12 per 8, at the same sampling cost
     n_prompts: int = 500             # rankings to collect: the training prompts, cycled
@@ -107,10 +112,23 @@ def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, lab
 
 
 def file_rankings(tok, path):
-    """Rankings from a JSONL file (data.load_rankings checks <2 responses and duplicates)."""
+    """Rankings from a JSONL file (data.load_rankings checks <2 responses and duplicates); each response
+    is a finished one, followed by its <|end|>."""
     end, enc = tok.special_tokens["<|end|>"], tok.to_tiktoken().encode_ordinary
     return [{"prompt": p, "texts": rs, "seqs": [encode_prompt(tok, p) + enc(r) + [end] for r in rs], "gold": None}
             for p, rs in load_rankings(path)]
+
+
+def ranking_records(rankings, end):
+    """Rankings as data.load_rankings reads them, {"prompt", "responses": [best, ..., worst]}. A file's
+    responses are finished ones, so a response that was cut off before its <|end|> is left out (PPO never
+    asks the RM about those: they get --no-end-penalty), and so is a ranking left with fewer than 2."""
+    records = []
+    for rk in rankings:
+        texts = [t for t, s in zip(rk["texts"], rk["seqs"]) if s[-1] == end]
+        if len(texts) >= 2:
+            records.append({"prompt": rk["prompt"], "responses": texts})
+    return records
 
 
 # ----------------------------------------------------------------------------- train, normalize, evaluate
@@ -217,36 +235,42 @@ def main(argv=None):
     prompts = [train_p[i % len(train_p)] for i in range(cfg.n_prompts)]
     knobs = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                  label_noise=cfg.label_noise, device=device, ctx=ctx)
-    if cfg.data:
-        rankings, norm_seqs = file_rankings(tok, cfg.data), None
-    else:
-        rankings, norm_seqs = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
-        if not rankings:
+    rankings, norm_seqs = file_rankings(tok, cfg.data) if cfg.data else [], None
+    if cfg.policy or not cfg.data:
+        new, norm_seqs = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
+        if not new:
             fail(f"--init {cfg.policy or cfg.init}: no prompt got 2 distinct responses; raise --temperature")
+        rankings += new
     if cfg.data or cfg.policy:  # the normalization wants samples of the SFT model (--init) itself
         with ctx:
             responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
                                          seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
         norm_seqs = [encode_prompt(tok, p) + r for p, r in zip(prompts, responses)]
-    eval_rankings = sample_rankings(policy, tok, [held[i % len(held)] for i in range(cfg.eval_prompts)],
-                                    seed=cfg.seed + 1, **knobs)[0]
-    rk = rankings[0]
+    held_prompts = [held[i % len(held)] for i in range(cfg.eval_prompts)]
+    eval_sets = {"heldout_": sample_rankings(model, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]}
+    if cfg.policy:
+        eval_sets["heldout_policy_"] = sample_rankings(policy, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]
+    rk = rankings[-1]
     print(f"{len(rankings)} rankings ({sum(map(len, (r['seqs'] for r in rankings)))} responses) and "
-          f"{len(eval_rankings)} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +
+          f"{len(eval_sets['heldout_'])} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +
           "\n".join(f"  {i + 1}. {t!r}" for i, t in enumerate(rk["texts"])))
 
     # 2. train (eq. 1), 3. normalize on SFT samples, 4. evaluate on held-out prompts
     log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl")
     train_loss = train(model, rankings, cfg, device, log)
     gain, bias = fit_normalization(model, norm_seqs, device, ctx)
-    metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias,
-               **{f"heldout_{k}": v for k, v in evaluate(model, eval_rankings, device, ctx).items()}}
+    metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias}
+    for prefix, eval_rankings in eval_sets.items():
+        metrics.update({prefix + k: v for k, v in evaluate(model, eval_rankings, device, ctx).items()})
     log(metrics, "held-out  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    write_jsonl(os.path.splitext(cfg.out)[0] + ".rankings.jsonl", ranking_records(rankings, tok.special_tokens["<|end|>"]))
     save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, step=math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs,
                     args=asdict(cfg), metrics=metrics, rm_gain=gain, rm_bias=bias)
     print(f"held-out pairwise accuracy {metrics.get('heldout_acc_gold', float('nan')):.1%} vs the noise-free "
           f"labeler, {metrics.get('heldout_acc_noisy', float('nan')):.1%} vs its noisy labels; Spearman "
-          f"{metrics.get('heldout_spearman', float('nan')):.3f}. Wrote {cfg.out} ({time.time() - t0:.0f}s)")
+          f"{metrics.get('heldout_spearman', float('nan')):.3f}" +
+          (f"; {metrics.get('heldout_policy_acc_gold', float('nan')):.1%} on --policy's samples" if cfg.policy else "") +
+          f". Wrote {cfg.out} ({time.time() - t0:.0f}s)")
     return metrics
 
 
