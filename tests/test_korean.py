@@ -5,9 +5,11 @@ import glob
 import numpy as np
 import torch
 
+from conftest import ROOT
+
 import train_pretrain
 from common import load_model
-from data import read_corpus
+from data import load_demonstrations, read_corpus
 
 PARAGRAPHS = [  # everyday scenes, one paragraph each; the blank lines between them make them documents
     "봄이 오면 마을 뒷산에 진달래가 핀다. 아이들은 학교가 끝나면 산길을 따라 뛰어올라가 꽃잎을 따서 입에 넣어 본다. 할머니는 그 꽃으로 화전을 부쳐 주시고, 우리는 마루에 앉아 따뜻한 차와 함께 그것을 나누어 먹는다.",
@@ -56,3 +58,9 @@ def test_korean_pretraining_samples_hangul_and_round_trips(tmp_path):
     assert tok.decode(np.fromfile(token_file, dtype=np.uint16).tolist()) == text
     # and it learned Hangul: a syllable is 3 UTF-8 bytes, a byte-level token 1
     assert len(text.encode("utf-8")) / len(ids) > 1.8
+
+
+def test_the_recipes_demonstrations_are_korean():
+    demos = load_demonstrations(str(ROOT / "data" / "ko_demos.jsonl"))
+    assert len(demos) == 20 and len(set(demos)) == 20
+    assert all(hangul_share(p) > 0.7 and hangul_share(r) > 0.7 for p, r in demos)
