@@ -1,7 +1,7 @@
 """A local web page where a person ranks a model's samples: InstructGPT's human feedback (step 2).
 
-    python label.py --ckpt out/sft.pt        # open the printed URL; appends to out/rankings.jsonl
-    python train_rm.py --data out/rankings.jsonl                   # train the reward model on them
+    python label.py --ckpt out/sft.pt               # open the printed URL; appends to out/rankings.jsonl
+    python train_rm.py --data out/rankings.jsonl    # train the reward model on them
 
 The page shows one prompt (labeler.train_prompts(), or --prompts file.jsonl) and K sampled responses in
 random order. The person orders them best..worst and submits; each ranking becomes one line
