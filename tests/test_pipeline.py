@@ -27,7 +27,8 @@ def test_quick_pipeline_runs_end_to_end(tmp_path, monkeypatch, capsys):
     res = json.loads((tmp_path / "eval.json").read_text())
     names = [r["name"] for r in res["rows"]]
     assert {"pretrain", "zero-shot", "sft", "best-of-16", "ppo"} <= set(names)
-    assert set(res["perplexity"]) == {"pretrain", "sft", "ppo"} and res["ppo_curve"] and res["chart"]
+    assert set(res["perplexity"]) == {"pretrain", "sft", "ppo (round 1)", "ppo"} and res["chart"]
+    assert [r["round"] for r in res["rounds"]] == [1, 2] and all(res["gold_kl"]["ppo_iterations"])
     out = capsys.readouterr().out
     assert "| model | gold ± se |" in out and "stage times:" in out
     print(f"quick pipeline: {time.time() - t0:.0f}s")
