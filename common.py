@@ -1,4 +1,4 @@
-"""What every stage shares: errors, device and precision, checkpoints, logging, DDP.
+"""What every stage shares: errors, device and precision, checkpoints, the reward model's reader, logging, DDP.
 
 Each training script imports these instead of writing its own, so a checkpoint written by
 one stage is read the same way by every other one.
@@ -9,10 +9,17 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import time
 from dataclasses import asdict
+from xml.sax.saxutils import escape, quoteattr
 
+import numpy as np
 import torch
+import torch.distributed as dist
+
+from gpt import GPT, GPTConfig, left_pad
+from tokenizer import Tokenizer
 
 STAGES = ("pretrain", "sft", "rm", "ppo")
 POLICY_STAGES = ("pretrain", "sft", "ppo")  # checkpoints that can generate text
@@ -37,6 +44,25 @@ def last_index(mask):
     """Column of each row's last True entry: the last real token (left or right padding)."""
     cols = torch.arange(mask.shape[1], device=mask.device)
     return (mask * cols).argmax(1)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off inside the block; the model's train/eval mode is restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def write_atomically(path, write):
+    """write(tmp) fills a temp file beside path, then os.replace puts it there: a crash leaves the old file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def parse_config(cls, description, argv=None):
@@ -92,18 +118,14 @@ def autocast(device, precision="auto"):
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, *, stage, model, tokenizer, step=0, args=None, metrics=None, **extra):
-    """Write atomically: a temp file in the same folder, then os.replace, so a crash mid-save
-    leaves the previous checkpoint intact. Only plain types inside (weights_only=True loads it)."""
+    """Written atomically (write_atomically). Only plain types inside (weights_only=True loads it)."""
     assert stage in STAGES
     raw = model.module if hasattr(model, "module") else model  # unwrap DDP
     raw = getattr(raw, "_orig_mod", raw)  # unwrap torch.compile
     ckpt = {"stage": stage, "config": asdict(raw.config), "model": raw.state_dict(),
             "tokenizer": tokenizer.state_dict(), "step": int(step), "args": dict(args or {}),
             "metrics": dict(metrics or {}), **extra}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path, stages=None, flag="--init"):
@@ -122,36 +144,59 @@ def load_checkpoint(path, stages=None, flag="--init"):
 
 
 def load_model(path, stages=None, device="cpu", flag="--init"):
-    """Checkpoint -> (GPT, Tokenizer, checkpoint dict)."""
-    from gpt import GPT, GPTConfig
-    from tokenizer import Tokenizer
+    """Checkpoint -> (GPT, Tokenizer, checkpoint dict): the loader for a policy (or any trunk)."""
     ckpt = load_checkpoint(path, stages, flag)
     model = GPT(GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), Tokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
 
 
-# ----------------------------------------------------------------------------- sampling
+def check_tokenizer(tok, expected, where, whose):
+    """Token ids mean nothing across tokenizers: fail() unless two checkpoints share one."""
+    if tok.state_dict() != expected.state_dict():
+        fail(f"{where}: its tokenizer differs from {whose}")
+
+
+# ----------------------------------------------------------------------------- the reward model
+def rm_score(model, idx, pad_mask):
+    """Reward (B,) of each row: the scalar head at the row's last real token (the <|end|>), never
+    mean-pooled (left or right padding)."""
+    h = model.hidden(idx, pad_mask)
+    return model.scalar(h[torch.arange(len(idx), device=idx.device), last_index(pad_mask)]).float()
+
+
+def score_seqs(model, seqs, device):
+    """Rewards (with grad) of token lists prompt+response; too long rows keep their end."""
+    idx, mask = left_pad([s[-model.config.block_size:] for s in seqs], device=device)
+    return rm_score(model, idx, mask)
+
+
 @torch.no_grad()
-def sample_responses(model, tok, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=0,
-                     batch_size=64, device="cpu"):
-    """Generate one response per prompt in the chat template. Returns (responses, ended): token
-    lists cut at <|end|> (the end token itself removed) and whether <|end|> was produced."""
-    from data import encode_prompt
-    end = tok.special_tokens["<|end|>"]
-    gen = torch.Generator(device=device).manual_seed(seed)
-    responses, ended = [], []
-    was_training = model.training
-    model.eval()
-    for i in range(0, len(prompts), batch_size):
-        batch = [encode_prompt(tok, p) for p in prompts[i:i + batch_size]]
-        tokens, _ = model.generate(batch, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   stop_token=end, generator=gen)
-        for t in tokens:
-            ended.append(end in t)
-            responses.append(t[: t.index(end)] if end in t else t)
-    model.train(was_training)
-    return responses, ended
+def score_all(model, seqs, device, ctx, batch_size=64):
+    """Raw rewards of many sequences as a numpy array, in eval mode, batch by batch."""
+    out = []
+    with eval_mode(model):
+        for i in range(0, len(seqs), batch_size):
+            with ctx:
+                out.append(score_seqs(model, seqs[i:i + batch_size], device).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def load_reward_model(path, device="cpu", flag="--reward", precision="auto"):
+    """The loader for a reward model: an "rm" checkpoint -> (reward, model, tok, ckpt). reward(prompts,
+    responses) -> FloatTensor (B,) on device: gain * r + bias (fitted by train_rm: SFT samples score mean 0,
+    std 1) of token lists, prompts as data.encode_prompt and responses as data.sample_responses make them."""
+    model, tok, ckpt = load_model(path, None, device, flag)
+    if ckpt["stage"] != "rm" or "rm_gain" not in ckpt:
+        fail(f"{flag} {path}: is a {ckpt['stage']!r} checkpoint, but {flag} needs a reward model "
+             f"(stage 'rm', written by train_rm.py)")
+    model.eval().requires_grad_(False)
+    gain, bias, ctx = ckpt["rm_gain"], ckpt["rm_bias"], autocast(device.split(":")[0], precision)
+
+    def reward(prompts, responses):
+        seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
+        return torch.tensor(gain * score_all(model, seqs, device, ctx) + bias, dtype=torch.float32, device=device)
+    return reward, model, tok, ckpt
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -187,13 +232,98 @@ class Log:
         return "?" if done == 0 else f"{elapsed / done * (total - done) / 60:.1f}m"
 
 
+# ----------------------------------------------------------------------------- pictures
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")
+
+
+def nice_ticks(lo, hi, n=5):
+    """About n round values (1, 2 or 5 times a power of ten apart) from at or below lo to at or above hi."""
+    if hi - lo < 1e-12:   # a flat line: give it some room
+        lo, hi = lo - (abs(lo) * 0.1 or 0.5), hi + (abs(hi) * 0.1 or 0.5)
+    raw = (hi - lo) / n
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
+    first = math.floor(lo / step + 1e-9) * step
+    return [first + i * step for i in range(math.ceil((hi - first) / step - 1e-9) + 1)], step
+
+
+def svg_chart(path, panels, width=440, height=300):
+    """Write one or more charts (two per row) into one SVG file; returns path. A panel is a dict:
+        title, xlabel, ylabel
+        series:  [(name, [(x, y), ...], style)], style "line" (if left out), "dots" or "line+dots";
+                 points whose y is None or not finite are skipped
+        markers: [(x, y, label)] (optional), single points drawn as black diamonds with their label.
+    Every series' values are kept in its group's data-points attribute, so the picture can be read back."""
+    cols = min(2, len(panels))
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * width}" '
+           f'height="{math.ceil(len(panels) / cols) * height}" font-family="sans-serif" font-size="11">',
+           '<rect width="100%" height="100%" fill="white"/>']
+    for n, panel in enumerate(panels):
+        svg += chart_panel(panel, (n % cols) * width, (n // cols) * height, width, height)
+    text = "\n".join(svg + ["</svg>"]) + "\n"
+    write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+    return path
+
+
+def chart_panel(panel, x0, y0, w, h):
+    """The SVG elements of one chart whose top-left corner is (x0, y0): title, legend, axes, ticks, data."""
+    ok = lambda v: v is not None and math.isfinite(v)
+    series = [(s[0], [(x, y) for x, y in s[1] if ok(x) and ok(y)], (*s[2:], "line")[0]) for s in panel["series"]]
+    markers = list(panel.get("markers", ()))
+    xs = [x for _, pts, _ in series for x, _ in pts] + [m[0] for m in markers]
+    ys = [y for _, pts, _ in series for _, y in pts] + [m[1] for m in markers]
+    (xt, xstep), (yt, ystep) = nice_ticks(min(xs, default=0), max(xs, default=1)), nice_ticks(min(ys, default=0), max(ys, default=1))
+    out = [f'<text x="{x0 + w / 2}" y="{y0 + 18}" text-anchor="middle" font-size="13">{escape(panel["title"])}</text>']
+    # the legend: one entry per series, left to right under the title, a new row when one is full
+    lx, ly = x0 + 60, y0 + 36
+    for i, (name, _, style) in enumerate(series):
+        entry_w = 30 + 6.5 * len(name)
+        if lx + entry_w > x0 + w - 10 and lx > x0 + 60:
+            lx, ly = x0 + 60, ly + 15
+        c = COLORS[i % len(COLORS)]
+        if "line" in style:
+            out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 18}" y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
+        if "dots" in style:
+            out.append(f'<circle cx="{lx + 9}" cy="{ly - 4}" r="3" fill="{c}"/>')
+        out.append(f'<text x="{lx + 23}" y="{ly}">{escape(name)}</text>')
+        lx += entry_w
+    # the plot area and the maps from values to pixels
+    left, right, top, bottom = x0 + 60, x0 + w - 15, ly + 12, y0 + h - 42
+    sx = lambda x: left + (right - left) * (x - xt[0]) / (xt[-1] - xt[0])
+    sy = lambda y: bottom - (bottom - top) * (y - yt[0]) / (yt[-1] - yt[0])
+    label = lambda v, step: f"{v:.{max(0, -math.floor(math.log10(step) + 1e-9))}f}"   # as many decimals as the step
+    for v in xt:
+        out.append(f'<line x1="{sx(v):.1f}" y1="{top}" x2="{sx(v):.1f}" y2="{bottom + 4}" stroke="#ddd"/>')
+        out.append(f'<text x="{sx(v):.1f}" y="{bottom + 16}" text-anchor="middle">{label(v, xstep)}</text>')
+    for v in yt:
+        out.append(f'<line x1="{left - 4}" y1="{sy(v):.1f}" x2="{right}" y2="{sy(v):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 7}" y="{sy(v) + 4:.1f}" text-anchor="end">{label(v, ystep)}</text>')
+    out.append(f'<path d="M{left},{top} V{bottom} H{right}" stroke="#333" fill="none"/>')
+    out.append(f'<text x="{(left + right) / 2}" y="{y0 + h - 8}" text-anchor="middle">{escape(panel["xlabel"])}</text>')
+    out.append(f'<text transform="translate({x0 + 14},{(top + bottom) / 2}) rotate(-90)" '
+               f'text-anchor="middle">{escape(panel["ylabel"])}</text>')
+    for i, (name, pts, style) in enumerate(series):
+        c = COLORS[i % len(COLORS)]
+        out.append(f'<g data-name={quoteattr(name)} data-points="{" ".join(f"{x:.6g},{y:.6g}" for x, y in pts)}">')
+        if "line" in style and len(pts) > 1:
+            xy = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+            out.append(f'<polyline points="{xy}" fill="none" stroke="{c}" stroke-width="1.5"/>')
+        if "dots" in style:
+            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{c}"/>' for x, y in pts]
+        out.append("</g>")
+    for x, y, text in markers:
+        px, py = sx(x), sy(y)
+        out.append(f'<path d="M{px:.1f},{py - 5:.1f} l5,5 l-5,5 l-5,-5 z" fill="black"/>')
+        out.append(f'<text x="{px + 8:.1f}" y="{py - 5:.1f}">{escape(text)}</text>')
+    return out
+
+
 # ----------------------------------------------------------------------------- DDP
 def ddp_setup(device):
     """Under torchrun: init the process group (gloo on CPU, nccl on GPU).
     Returns (rank, world_size, device); (0, 1, device) when run as a plain script."""
     if "RANK" not in os.environ:
         return 0, 1, device
-    import torch.distributed as dist
     dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if device == "cuda":
@@ -204,6 +334,5 @@ def ddp_setup(device):
 
 def ddp_cleanup():
     if "RANK" in os.environ:
-        import torch.distributed as dist
         dist.destroy_process_group()
 

@@ -47,6 +47,19 @@ def apply_rotary(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+def left_pad(seqs, pad_id=0, device="cpu"):
+    """Rows of different lengths -> (idx (B,T), pad_mask (B,T), True = real token), padded on the
+    left so that every row's last real token sits at T-1 (where generation continues)."""
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            idx[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, T - len(s):] = True
+    return idx.to(device), mask.to(device)
+
+
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, in buffers preallocated to max_len,
     so that each generation step runs the model on the new token only (Pope et al. 2022, sec. 2)."""
@@ -249,8 +262,16 @@ class GPT(nn.Module):
         A row stops after its stop_token, after max_new_tokens, or when its sequence fills block_size (the
         model has no position past that); a prompt longer than block_size is cut to its last block_size
         tokens, as nanoGPT crops its context. use_cache=False reruns the whole sequence each step
-        (the slow reference the cache is tested and benchmarked against). sample(logits (B,V)) -> (token,
-        logprob) replaces _sample and its settings, for a server whose rows each have their own."""
+        (the slow reference the cache is tested and benchmarked against).
+
+        The rows: prompts left-padded to T0 (the longest), then a column per step (. pad, p prompt, E stop token,
+        x drawn after the row stopped, yielded as not live); real says which tokens a row attends to:
+            row 0   . . p p p | a b E x x      real[0] = 0 0 1 1 1 | 1 1 0 0 0
+            row 1   p p p p p | c d e f g      real[1] = 1 1 1 1 1 | 1 1 1 1 1
+        The KV cache holds every column, so cache.len is shared; a token's position is its own row's count of
+        real tokens before it (row 0's `a` is at 3 = lens[0] + t). budget: new tokens each row may have.
+        sample(logits (B,V)) -> (token, logprob) replaces _sample and its settings, for a server whose rows
+        each have their own."""
         sample = sample or (lambda logits: self._sample(logits, temperature, top_k, top_p, generator))
         if not prompts:
             return
@@ -258,14 +279,10 @@ class GPT(nn.Module):
         assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
         prompts = [list(p)[-block_size:] for p in prompts]
         lens = torch.tensor([len(p) for p in prompts], device=device)
-        budget = (block_size + 1 - lens).clamp(max=max_new_tokens)   # new tokens each row may have
+        budget = (block_size + 1 - lens).clamp(max=max_new_tokens)
         steps, T0 = int(budget.max()), int(lens.max())
-        # the whole sequence, left-padded, with room for what is generated; real[b, t]: idx[b, t] is a token
-        idx = torch.zeros(len(prompts), T0 + steps, dtype=torch.long, device=device)
-        real = torch.zeros(len(prompts), T0 + steps, dtype=torch.bool, device=device)
-        for b, p in enumerate(prompts):
-            idx[b, T0 - len(p):T0] = torch.tensor(p, device=device)
-            real[b, T0 - len(p):T0] = True
+        idx, real = left_pad(prompts, device=device)
+        idx, real = F.pad(idx, (0, steps)), F.pad(real, (0, steps))   # room for what is generated
         cache = KVCache(self.config.n_layer, T0 + steps) if use_cache else None
         h = self._hidden(idx[:, :T0], *self._pos_and_mask(real[:, :T0]), cache=cache)   # the prompts
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)

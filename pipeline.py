@@ -1,10 +1,16 @@
-"""The whole chain in one command: pretrain -> SFT -> RM -> PPO -> eval, each stage's time, then the report.
+"""The whole chain in one command: pretrain -> SFT -> (RM -> PPO) x rounds -> eval, each stage's time, the report.
 
     python pipeline.py                      # the defaults, into out/ (about a quarter of an hour on a 2-core CPU)
+    python pipeline.py --rounds 1           # steps 2 and 3 once
     python pipeline.py --quick              # tiny settings on a slice of the corpus, into out/quick/ (about a minute)
 
-Each stage is its script's main() with the flags below, so `python pipeline.py` does exactly what the
-five commands in the README do one by one; --out-dir only moves where every checkpoint goes.
+InstructGPT runs step 1 (SFT) once and repeats steps 2 and 3: round r ranks samples of round r-1's policy
+(round 1: of the SFT model), trains a reward model on all rankings so far (from the SFT model again), and
+runs PPO from round r-1's policy, with the SFT model as the KL reference in every round. Earlier rounds
+write out/round1/rm.pt, out/round1/ppo.pt, ...; the last round writes out/rm.pt and out/ppo.pt.
+
+Each stage is its script's main() with the flags printed before it, so `python pipeline.py` does exactly
+what the commands in the README do one by one; --out-dir only moves where every checkpoint goes.
 """
 import argparse
 import gzip
@@ -28,13 +34,37 @@ QUICK = {
     "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2",
 }
 QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains on them in a second
+ROUNDS = 2   # the default number of RLHF rounds (steps 2 and 3)
+ROUND_FLAGS = {   # per round (round 1, round 2, ...; the last entry repeats): what the measurements chose
+    "rm": ["--n-prompts 1500", "--n-prompts 1500"],
+    "ppo": ["--lr 6e-5 --max-iters 100 --beta 0.1", "--lr 6e-5 --max-iters 100 --beta 0.1"],
+}
+
+
+def rlhf_rounds(d, rounds, sft):
+    """[(name, stage, flags)] for steps 2 and 3, `rounds` times: see the docstring."""
+    stages, policy, rankings = [], sft, None
+    for r in range(1, rounds + 1):
+        where = d if r == rounds else os.path.join(d, f"round{r}")
+        rm, ppo = os.path.join(where, "rm.pt"), os.path.join(where, "ppo.pt")
+        later = ["--policy", policy, "--data", rankings] if r > 1 else []
+        flags = lambda stage: ROUND_FLAGS[stage][min(r, len(ROUND_FLAGS[stage])) - 1].split()
+        suffix = f" (round {r})" if rounds > 1 else ""
+        stages.append(("rm" + suffix, train_rm.main, ["--init", sft, "--out", rm, *later, *flags("rm")]))
+        stages.append(("ppo" + suffix, train_ppo.main, ["--init", policy, "--ref", sft, "--reward", rm,
+                                                        "--out", ppo, *flags("ppo")]))
+        policy, rankings = ppo, os.path.splitext(rm)[0] + ".rankings.jsonl"
+    return stages
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
     parser.add_argument("--out-dir", default=None, help="where every checkpoint goes (default out/, or out/quick/)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"RLHF rounds, steps 2 and 3 (default {ROUNDS})")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
     d = args.out_dir or ("out/quick" if args.quick else "out")
     os.makedirs(d, exist_ok=True)
     ckpt = lambda stage: os.path.join(d, f"{stage}.pt")
@@ -50,8 +80,7 @@ def main(argv=None):
         ("pretrain", train_pretrain.main, ["--out", ckpt("pretrain"), *corpus]),
         ("sft", train_sft.main, ["--init", ckpt("pretrain"), "--out", ckpt("sft"),
                                  *(["--corpus", corpus[1]] if corpus else [])]),
-        ("rm", train_rm.main, ["--init", ckpt("sft"), "--out", ckpt("rm")]),
-        ("ppo", train_ppo.main, ["--init", ckpt("sft"), "--reward", ckpt("rm"), "--out", ckpt("ppo")]),
+        *rlhf_rounds(d, args.rounds, ckpt("sft")),
         ("eval", evaluate.main, ["--out-dir", d]),
     ]
     times, t_start = {}, time.time()
@@ -59,7 +88,7 @@ def main(argv=None):
         print(f"\n=== {name}: python {stage_main.__module__}.py {' '.join(stage_args)}"
               f"{' (+ quick settings)' if args.quick else ''}", flush=True)
         t0 = time.time()
-        stage_main(stage_args + (QUICK[name].split() if args.quick else []))
+        stage_main(stage_args + (QUICK[name.split()[0]].split() if args.quick else []))
         times[name] = time.time() - t0
         print(f"=== {name} done in {times[name]:.0f}s", flush=True)
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) +

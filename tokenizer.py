@@ -3,14 +3,14 @@
 Byte-pair encoding (Sennrich et al. 2016; GPT-2, Radford et al. 2019) turns text into integer ids. Text is
 first cut into chunks by a regex (words, numbers, punctuation runs, whitespace; merges never cross chunks) and
 each chunk becomes its UTF-8 bytes, so the 256 byte values are the first tokens and no text is ever "unknown".
-Training then repeats one step: count every adjacent pair of tokens in the corpus, take the most frequent pair
-and make it a new token (e.g. b" t" + b"he" -> b" the"), replacing the pair wherever it occurs, until the
-vocabulary is full. Encoding replays this on new text: inside each chunk, merge the adjacent pair whose merged
-bytes were learned earliest (lowest rank = lowest id) until no adjacent pair forms a known token. Decoding just
-concatenates each id's bytes. The model is therefore nothing but `ranks`: token bytes -> id, where the id is
-also the merge priority; this is tiktoken's "mergeable ranks" form, which also holds GPT-2's vocabulary (whose
-single-byte tokens have permuted ids) and which `to_tiktoken()` hands to tiktoken's Rust encoder, the fast
-path every stage uses. `encode` here is the slow, readable reference that the tests hold equal to tiktoken.
+Training makes the most frequent adjacent pair of tokens a new token (e.g. b" t" + b"he" -> b" the"), again and
+again until the vocabulary is full (train() shows the textbook loop). Encoding replays this on new text: inside
+each chunk, merge the adjacent pair whose merged bytes were learned earliest (lowest rank = lowest id) until no
+adjacent pair forms a known token. Decoding just concatenates each id's bytes. The model is therefore nothing
+but `ranks`: token bytes -> id, where the id is also the merge priority; this is tiktoken's "mergeable ranks"
+form, which also holds GPT-2's vocabulary (whose single-byte tokens have permuted ids) and which `to_tiktoken()`
+hands to tiktoken's Rust encoder, the fast path every stage uses. `encode` here is the slow, readable reference
+that the tests hold equal to tiktoken.
 """
 import heapq
 import json
@@ -44,11 +44,18 @@ def _merge(ids, pair, new_id):
 def train(text, vocab_size, special_tokens=SPECIAL_TOKENS, pattern=GPT4_SPLIT_PATTERN):
     """Learn a vocabulary of `vocab_size` ids: 256 bytes, then merges, then `special_tokens` (ids after the merges).
 
-    Fast because it never rescans the corpus: each distinct chunk is stored once with its count, pair counts
-    are kept up to date by re-counting only the chunks that hold the merged pair (`where` indexes pair -> chunks),
-    and the best pair comes off a max-heap whose stale entries are skipped when popped ("lazy invalidation").
-    Ties: among equally frequent pairs the one with the smallest (left id, right id) wins, so training is
-    deterministic. Special-token strings in `text` (e.g. <|endoftext|> between documents) are cut out, never learned.
+    The textbook loop (Sennrich et al. 2016, Algorithm 1; minbpe's BasicTokenizer; tests/test_tokenizer.py's
+    textbook_train, which this function must equal):
+
+        while len(vocab) < n_tokens:
+            stats = count of every adjacent pair (a, b) in every chunk, times the chunk's frequency
+            pair = the most frequent pair in stats (ties: the smallest (a, b))
+            add the token vocab[a] + vocab[b]; in every chunk, replace each occurrence of pair by its id
+
+    This version gives the same merges fast, without rescanning the corpus: each distinct chunk is stored once
+    with its count, pair counts are kept up to date by re-counting only the chunks that hold the merged pair
+    (`where` indexes pair -> chunks), and the best pair comes off a max-heap whose stale entries are skipped when
+    popped ("lazy invalidation"). The tie-break makes training deterministic. Special-token strings in `text` (e.g. <|endoftext|> between documents) are cut out, never learned.
     If the text runs out of pairs first, the vocabulary is smaller than asked; `n_vocab` says how big it is.
     """
     special_tokens = list(special_tokens)

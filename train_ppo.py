@@ -29,28 +29,19 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, check_flags, fail, last_index, load_checkpoint, load_model,
-                    parse_config, pick_device, save_checkpoint)
-from data import encode_prompt, left_pad, load_prompts, read_corpus
-from gpt import GPT, GPTConfig
-from train_rm import rm_score
+from common import (POLICY_STAGES, Log, autocast, check_flags, check_tokenizer, fail, last_index, load_checkpoint,
+                    load_model, load_reward_model, parse_config, pick_device, save_checkpoint)
+from data import (action_logprobs, encode_prompt, get_lm_batch, load_prompts, pad_episodes, read_corpus,
+                  response_text)
 
 # ----------------------------------------------------------------------------- the math
-# Layout: a batch of prompt+response rows, left-padded to (B, T). Per-token quantities live on a
-# (B, T-1) grid where column t holds what the model says at position t about token t+1: the action
-# a_t = idx[:, t+1] taken in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t is a
-# response token (an action of the policy); prompt and padding columns are False.
-
-def action_logprobs(logits, idx, temperature):
-    """log pi(a_t | s_t) = log softmax(logits_t / T)[idx_{t+1}]: the logits at position t predict
-    token t+1. Divide by the sampling temperature T here too, or the ratio and the KL are wrong."""
-    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    return logp.gather(-1, idx[:, 1:, None]).squeeze(-1)
-
+# Layout: data.py's episodes, (B, T-1) grids whose column t is the action a_t = idx[:, t+1] in state
+# s_t = idx[:, :t+1], `mask` True on response tokens; data.action_logprobs gives log pi(a_t | s_t).
 
 def entropy(logits, temperature):
     """H = -sum_a p(a) log p(a) of the sampling distribution at every position (B, T-1)."""
@@ -131,7 +122,9 @@ def update_beta(beta, kl, target, n, horizon):
 # ----------------------------------------------------------------------------- config
 @dataclass
 class PPOConfig:
-    init: str = "out/sft.pt"          # the SFT policy: PPO's start and its frozen reference
+    init: str = "out/sft.pt"          # the policy PPO starts from (round 1: the SFT model)
+    ref: str = ""                     # the frozen KL reference; empty: --init. Later rounds start from the
+                                      # last round's policy and keep the SFT model here
     reward: str = "out/rm.pt"         # the reward model (stage "rm", from train_rm.py)
     out: str = "out/ppo.pt"
     prompts: str = ""                 # JSONL {"prompt": ...}; empty: labeler.train_prompts()
@@ -149,6 +142,8 @@ class PPOConfig:
     clip: float = 0.2                 # policy ratio clip (PPO eq. 7)
     vf_clip: float = 0.2              # value clip, in (normalized) reward units
     vf_coef: float = 0.1
+    critic: str = "shared"            # the value function: "shared" (a head on the policy's trunk) or "rm"
+                                      # (a separate critic initialised from the reward model)
     gamma: float = 1.0
     lam: float = 0.95
     grad_clip: float = 1.0
@@ -172,60 +167,53 @@ class PPOConfig:
 
 
 # ----------------------------------------------------------------------------- rollout + loop
-def forward(model, idx, pad_mask, temperature):
-    """One pass through the trunk gives both heads: log-probs of the actions, the value of every
-    state, and the logits (B, T-1) / (B, T-1) / (B, T, V)."""
+def forward(model, idx, pad_mask, temperature, critic=None):
+    """Log-probs of the actions, the value of every state, and the logits, (B, T-1) / (B, T-1) / (B, T, V).
+    Without a separate critic one pass through the policy's trunk gives both heads."""
     h = model.hidden(idx, pad_mask)
     logits = model.lm_head(h)
-    return action_logprobs(logits, idx, temperature), model.scalar(h)[:, :-1].float(), logits
-
-
-def pad_episodes(prompts, responses, device):
-    """Rows prompt+response, left-padded: (idx, pad_mask, mask), where mask (B, T-1) marks the action
-    columns of the response tokens. Each response is the last len(r) tokens of its row, so its actions
-    are the columns >= T-1-len(r)."""
-    idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=device)
-    lens = torch.tensor([len(r) for r in responses], device=device)
-    mask = torch.arange(idx.shape[1] - 1, device=device)[None] >= (idx.shape[1] - 1 - lens)[:, None]
-    return idx, pad_mask, mask
+    values = model.scalar(h) if critic is None else critic.scalar(critic.hidden(idx, pad_mask))
+    return action_logprobs(logits, idx, temperature), values[:, :-1].float(), logits
 
 
 @torch.no_grad()
-def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
-    """Sample one response per prompt, cut at <|end|>, and score every action under the policy
-    (the "old" log-probs and values of the update) and the reference, with a full forward pass
-    over prompt+response. Recomputing instead of keeping generate's log-probs makes the update
-    start at ratio exactly 1 (same code path), which a test checks against generate's."""
+def rollout(policy, ref, prompts, cfg, end_id, generator, ctx, critic=None):
+    """Sample one response per prompt (ending with its <|end|>, if any: data.py's rule for responses),
+    and score every action under the policy (the "old" log-probs and values of the update) and the
+    reference, with a full forward pass over prompt+response. Recomputing instead of keeping generate's
+    log-probs makes the update start at ratio exactly 1 (same code path), which a test checks."""
     with ctx:
         responses, _ = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                                        stop_token=end_id, generator=generator)
-    responses = [r[: r.index(end_id) + 1] if end_id in r else r for r in responses]
     idx, pad_mask, mask = pad_episodes(prompts, responses, next(policy.parameters()).device)
     with ctx:
-        logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature)
+        logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature, critic)
         logp_ref, _, _ = forward(ref, idx, pad_mask, cfg.temperature)
     return dict(idx=idx, pad_mask=pad_mask, mask=mask.float(), logp=logp, logp_ref=logp_ref,
                 values=values * mask, entropy=masked_mean(entropy(logits, cfg.temperature), mask).item(),
-                responses=responses, ended=[end_id in r for r in responses])
+                responses=responses, ended=[r[-1:] == [end_id] for r in responses])
 
 
-def make_optimizer(policy, cfg):
-    return torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)  # eps 1e-5: the PPO baselines'
+def make_optimizer(models, cfg):
+    params = [p for m in models for p in m.parameters()]
+    return torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)  # eps 1e-5: the PPO baselines'
 
 
 def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx_batch=None, start_iter=0,
-          beta=None, optimizer=None):
+          beta=None, optimizer=None, critic=None):
     """The PPO loop. prompts: token-id lists (the chat template's prompt part). reward_fn(prompts,
     responses, ended) -> (scores (B,) tensor, dict of metrics to log): the reward model in main(),
     a toy reward in the tests. log(record, line); save(iteration, beta, record) every
     cfg.save_interval iterations and at the end; ptx_batch(generator) -> (x, y) corpus batch for
-    PPO-ptx. Every iteration draws from its own seeded generator, so a resumed run (start_iter,
+    PPO-ptx; critic: a separate value model (None: the policy's own scalar head). Every iteration draws from its own seeded generator, so a resumed run (start_iter,
     beta, optimizer from the checkpoint) goes on exactly as the uninterrupted one would.
     Returns (beta, last record)."""
     device = next(policy.parameters()).device
     ctx = autocast(device.type, cfg.precision)
-    optimizer = make_optimizer(policy, cfg) if optimizer is None else optimizer
-    policy.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
+    trained = [policy] if critic is None else [policy, critic]
+    optimizer = make_optimizer(trained, cfg) if optimizer is None else optimizer
+    for model in trained:
+        model.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
     ref.eval().requires_grad_(False)
     beta = cfg.beta if beta is None else beta
     t_start, record = time.time(), {}
@@ -237,7 +225,7 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
         rng = random.Random(cfg.seed * 100003 + it)  # seeded per iteration: --resume replays the same
         batch_prompts = [prompts[rng.randrange(len(prompts))] for _ in range(cfg.batch_size)]
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 100003 + it)
-        b = rollout(policy, ref, batch_prompts, cfg, end_id, generator, ctx)
+        b = rollout(policy, ref, batch_prompts, cfg, end_id, generator, ctx, critic)
         scores, metrics = reward_fn(batch_prompts, b["responses"], b["ended"])
         ended = torch.tensor(b["ended"], device=device)
         penalty = torch.full((len(ended),), cfg.no_end_penalty, device=device)
@@ -255,7 +243,7 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
         for epoch in range(cfg.ppo_epochs):
             for mb in torch.randperm(cfg.batch_size, generator=generator, device=device).split(cfg.minibatch_size):
                 with ctx:
-                    logp, values, _ = forward(policy, b["idx"][mb], b["pad_mask"][mb], cfg.temperature)
+                    logp, values, _ = forward(policy, b["idx"][mb], b["pad_mask"][mb], cfg.temperature, critic)
                 pg_loss, clip_frac, approx_kl = policy_loss(logp, b["logp"][mb], adv[mb], mask[mb], cfg.clip)
                 vf_loss = value_loss(values, b["values"][mb], returns[mb], mask[mb], cfg.vf_clip)
                 loss = pg_loss + cfg.vf_coef * vf_loss
@@ -265,7 +253,8 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
                         loss = loss + cfg.ptx_coef * policy(x, y)[1]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                for model in trained:   # each its own norm: the critic's gradients do not shrink the policy's
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 stats.append([pg_loss.item(), vf_loss.item(), clip_frac.item(), approx_kl.item()])
         t2 = time.time()
@@ -289,35 +278,35 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
 
 
 # ----------------------------------------------------------------------------- the real run
-def reward_model_fn(rm, gain, bias, tok, ctx):
-    """The reward: the reward model read at the last real token of prompt+response (the <|end|>),
-    normalized so that SFT samples score mean 0, std 1 (train_rm.rm_score, the RM's own reader).
+def reward_model_fn(reward, tok):
+    """The reward: reward(prompts, responses) from common.load_reward_model, the reward model read at the
+    last real token of prompt+response (the <|end|>), normalized so that SFT samples score mean 0, std 1.
     Also logs the simulated labeler's gold score: the truth the reward model only approximates."""
-    @torch.no_grad()
     def reward_fn(prompts, responses, ended):
-        idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=next(rm.parameters()).device)
-        with ctx:
-            scores = rm_score(rm, idx, pad_mask, gain, bias).float()
+        scores = reward(prompts, responses)
         texts = [tok.decode(p[1:-1]) for p in prompts]  # strip <|user|> and <|assistant|>
-        gold = [labeler.score(x, tok.decode(r[:-1] if e else r), e)[0]
-                for x, r, e in zip(texts, responses, ended) if labeler.parse_prompt(x)]  # --prompts: maybe none
+        gold = [labeler.score(x, *response_text(tok, r))[0]
+                for x, r in zip(texts, responses) if labeler.parse_prompt(x)]  # --prompts: maybe none
         return scores, {"rm": scores.mean().item(), **({"gold": sum(gold) / len(gold)} if gold else {})}
     return reward_fn
 
 
 def corpus_batches(cfg, tok, block_size, device):
-    """PPO-ptx: random windows of the pretraining corpus, (x, y = x shifted by one)."""
-    text = read_corpus(cfg.ptx_data)
-    tokens = torch.tensor(tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}))
+    """PPO-ptx: batch(generator) -> (x, y): random windows of the pretraining corpus (data.get_lm_batch)."""
+    tokens = np.array(tok.to_tiktoken().encode(read_corpus(cfg.ptx_data), allowed_special={"<|endoftext|>"}))
     if len(tokens) < block_size + 2:
         fail(f"--ptx-data {cfg.ptx_data}: {len(tokens)} tokens, fewer than one block of {block_size + 1}")
+    return lambda generator: get_lm_batch(tokens, cfg.ptx_batch_size, block_size, generator, device)[:2]
 
-    def batch(generator):
-        starts = torch.randint(len(tokens) - block_size - 1, (cfg.ptx_batch_size,), generator=generator,
-                               device=generator.device).tolist()
-        rows = torch.stack([tokens[s: s + block_size + 1] for s in starts]).to(device)
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-    return batch
+
+@torch.no_grad()
+def critic_from_rm(rm, gain, bias):
+    """A trainable copy of the reward model whose head gives gain * r + bias: the normalized reward scale
+    of the returns it learns to predict."""
+    critic = copy.deepcopy(rm).requires_grad_(True)
+    critic.scalar_head.weight.mul_(gain)
+    critic.scalar_head.bias.mul_(gain).add_(bias)
+    return critic
 
 
 @torch.no_grad()
@@ -353,17 +342,16 @@ def main(argv=None):
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
-    if init_ckpt["stage"] != "sft":
-        print(f"warning: --init {cfg.init} is a {init_ckpt['stage']!r} checkpoint; PPO normally starts from SFT")
-    rm_ckpt = load_checkpoint(cfg.reward, flag="--reward")
-    if rm_ckpt["stage"] != "rm" or "rm_gain" not in rm_ckpt:
-        fail(f"--reward {cfg.reward}: is a {rm_ckpt['stage']!r} checkpoint, but PPO needs a reward model "
-             f"(stage 'rm', written by train_rm.py)")
-    if rm_ckpt["tokenizer"] != init_ckpt["tokenizer"]:
-        fail(f"--reward {cfg.reward}: its tokenizer differs from --init {cfg.init}'s")
-    rm = GPT(GPTConfig(**rm_ckpt["config"]))
-    rm.load_state_dict(rm_ckpt["model"])
-    rm = rm.to(device).eval().requires_grad_(False)
+    ref, _, ref_ckpt = load_model(cfg.ref, POLICY_STAGES, device, flag="--ref") if cfg.ref else (None, tok, init_ckpt)
+    if ref_ckpt["stage"] != "sft":
+        print(f"warning: the KL reference {cfg.ref or cfg.init} is a {ref_ckpt['stage']!r} checkpoint; "
+              f"InstructGPT's is the SFT model")
+    if ref_ckpt["tokenizer"] != init_ckpt["tokenizer"] or ref_ckpt["config"] != init_ckpt["config"]:
+        fail(f"--ref {cfg.ref}: not the same model shape and tokenizer as --init {cfg.init}")
+    if cfg.critic not in ("shared", "rm"):
+        fail(f"--critic {cfg.critic}: choose shared or rm")
+    reward, rm, rm_tok, rm_ckpt = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
+    check_tokenizer(rm_tok, tok, f"--reward {cfg.reward}", f"--init {cfg.init}'s")
     prompts = load_prompts(cfg.prompts) if cfg.prompts else labeler.train_prompts()
     unscored = sum(labeler.parse_prompt(p) is None for p in prompts)
     if unscored:  # the gold score is only defined for the labeler's own task prompts
@@ -376,23 +364,27 @@ def main(argv=None):
         fail(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt + response ({longest} tokens) exceeds "
              f"the models' block size ({min(policy.config.block_size, rm.config.block_size)})")
 
-    # The reference is the frozen SFT model. The value function is a head on the policy's own
-    # trunk, zero-initialised: one forward pass gives both the logits and the values (a separate
-    # critic initialised from the RM would double the update's compute, which matters on a CPU),
-    # and V = 0 everywhere at the start is the right prior for a reward normalized to mean 0; a
-    # random head would only add noise to the first advantages.
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    # The reference is the frozen SFT model (--init itself in round 1). The value function is either a
+    # head on the policy's own trunk, zero-initialised (one forward pass gives both the logits and the
+    # values, and V = 0 is the right prior for a reward normalized to mean 0), or a separate critic
+    # initialised from the reward model (InstructGPT), its head scaled to the normalized reward: it
+    # costs a second trunk in every update, but the value loss no longer pushes the policy's trunk.
+    ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
     with torch.no_grad():
         policy.scalar_head.weight.zero_()
-        if policy.scalar_head.bias is not None:
-            policy.scalar_head.bias.zero_()
-    optimizer = make_optimizer(policy, cfg)
+        policy.scalar_head.bias.zero_()
+    critic = critic_from_rm(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"]) if cfg.critic == "rm" else None
+    optimizer = make_optimizer([policy] if critic is None else [policy, critic], cfg)
     start_iter, beta = 0, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out, ("ppo",), flag="--resume")
         if ckpt["config"] != init_ckpt["config"] or "optimizer" not in ckpt or "kl_beta" not in ckpt:
             fail(f"--resume {cfg.out}: not a PPO run of --init {cfg.init} (other model config, or no optimizer state)")
         policy.load_state_dict(ckpt["model"])
+        if critic is not None:
+            if "critic" not in ckpt:
+                fail(f"--resume {cfg.out}: that run had no separate critic (--critic {ckpt['args'].get('critic')})")
+            critic.load_state_dict(ckpt["critic"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_iter, beta = ckpt["step"], ckpt["kl_beta"]
         print(f"resuming from iteration {start_iter}, beta {beta:.4g}")
@@ -405,12 +397,14 @@ def main(argv=None):
     log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", append=cfg.resume)
     save = lambda it, beta, record: save_checkpoint(cfg.out, stage="ppo", model=policy, tokenizer=tok, step=it,
                                                     args=asdict(cfg), metrics=record, kl_beta=beta,
-                                                    optimizer=optimizer.state_dict())
+                                                    optimizer=optimizer.state_dict(),
+                                                    **({"critic": critic.state_dict()} if critic else {}))
     ptx = corpus_batches(cfg, tok, policy.config.block_size, device) if cfg.ptx_coef > 0 else None
-    reward_fn = reward_model_fn(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"], tok, ctx)
+    reward_fn = reward_model_fn(reward, tok)
     end = tok.special_tokens["<|end|>"]
     t0 = time.time()
-    beta, record = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter, beta, optimizer)
+    beta, record = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter, beta, optimizer,
+                         critic)
     if cfg.eval_samples > 0:
         held = heldout_eval(policy, ref, [encode_prompt(tok, p) for p in labeler.heldout_prompts()],
                             reward_fn, cfg, end, ctx)
@@ -425,7 +419,7 @@ def main(argv=None):
         with torch.no_grad(), ctx:
             r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature, stop_token=end,
                                 generator=g)[0][0]
-        print(f"  {p}\n  > {tok.decode([t for t in r if t != end])}")
+        print(f"  {p}\n  > {response_text(tok, r)[0]}")
 
 
 if __name__ == "__main__":

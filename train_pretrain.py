@@ -14,32 +14,18 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 import tokenizer as bpe
-from common import (Log, autocast, cosine_lr, ddp_cleanup, ddp_setup, fail, load_checkpoint,
+from common import (Log, autocast, cosine_lr, ddp_cleanup, ddp_setup, eval_mode, fail, load_checkpoint,
                     parse_config, pick_device, save_checkpoint)
-from data import read_corpus
+from data import cached_tokens, get_lm_batch, read_corpus
 from gpt import GPT, GPTConfig
 
 
 @dataclass
-class PretrainConfig:
-    data: str = "data/sotu.txt.gz"   # a .txt/.txt.gz file or a folder of them
-    out: str = "out/pretrain.pt"
-    tokenizer: str = ""              # a tokenizer JSON; empty: train one on the corpus
-    vocab_size: int = 2048
-    resume: bool = False             # continue from --out: same weights, optimizer, step, data
-    # model (GPTConfig)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    block_size: int = 128
-    pos: str = "rope"
-    mlp: str = "swiglu"
-    dropout: float = 0.0
-    # optimisation
+class LoopConfig:
+    """The knobs of train(), the loop pretraining and SFT share, with pretraining's defaults."""
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 2e-3
@@ -48,7 +34,6 @@ class PretrainConfig:
     max_minutes: float = 0.0         # stop early (and save) after this long; 0 = no limit
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    val_fraction: float = 0.05
     eval_interval: int = 100
     eval_iters: int = 20
     seed: int = 1337
@@ -56,9 +41,27 @@ class PretrainConfig:
     precision: str = "auto"          # auto | bf16 | fp32
 
 
+@dataclass
+class PretrainConfig(LoopConfig):
+    data: str = "data/sotu.txt.gz"   # a .txt/.txt.gz file or a folder of them
+    out: str = "out/pretrain.pt"
+    tokenizer: str = ""              # a tokenizer JSON; empty: train one on the corpus
+    vocab_size: int = 2048
+    resume: bool = False             # continue from --out: same weights, optimizer, step, data
+    val_fraction: float = 0.05
+    # model (GPTConfig)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    block_size: int = 128
+    pos: str = "rope"
+    mlp: str = "swiglu"
+    dropout: float = 0.0
+
+
 def prepare_tokens(cfg, log_dir):
     """Corpus -> (tokenizer, uint16 token array). Both are cached in out/ under a hash of the
-    corpus text and the tokenizer settings, so a second run starts training at once."""
+    corpus text and the tokenizer settings (data.cached_tokens), so a second run starts training at once."""
     text = read_corpus(cfg.data)
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
     if cfg.tokenizer:
@@ -77,42 +80,23 @@ def prepare_tokens(cfg, log_dir):
             except ValueError as e:
                 fail(f"--vocab-size {cfg.vocab_size}: {e}")
             tok.save(tok_path)
-    if tok.n_vocab > 65536:
-        fail(f"tokenizer has {tok.n_vocab} tokens; the token file stores uint16 ids (< 65536)")
-    tok_key = hashlib.sha256(repr(tok.state_dict()).encode()).hexdigest()[:12]
-    bin_path = os.path.join(log_dir, f"tokens-{key}-{tok_key}.bin")
-    if not os.path.exists(bin_path):
-        ids = tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}, disallowed_special=())
-        tmp = bin_path + f".tmp{os.getpid()}"
-        np.array(ids, dtype=np.uint16).tofile(tmp)
-        os.replace(tmp, bin_path)
-    return tok, np.fromfile(bin_path, dtype=np.uint16)
-
-
-def get_lm_batch(tokens, batch_size, block_size, generator, device):
-    """Random windows of block_size+1 tokens: x is the window, y the window shifted by one."""
-    starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator)
-    rows = np.stack([tokens[s: s + block_size + 1] for s in starts.tolist()]).astype(np.int64)
-    rows = torch.from_numpy(rows)
-    return rows[:, :-1].to(device), rows[:, 1:].to(device), None
+    return tok, cached_tokens(text, tok, log_dir)
 
 
 @torch.no_grad()
 def lm_loss(model, get_batch, iters, ctx):
     """Mean loss over `iters` batches (dropout off)."""
-    was_training = model.training
-    model.eval()
     losses = []
-    for i in range(iters):
-        x, y, mask = get_batch(i)
-        with ctx:
-            losses.append(model(x, y, pad_mask=mask)[1].item())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(iters):
+            x, y, mask = get_batch(i)
+            with ctx:
+                losses.append(model(x, y, pad_mask=mask)[1].item())
     return sum(losses) / len(losses)
 
 
 def train(model, optimizer, cfg, get_batch, evaluate, save, log, step=0, rank=0, world=1):
-    """The training loop shared by pretraining and SFT.
+    """The training loop shared by pretraining and SFT; cfg is a LoopConfig (PretrainConfig, SFTConfig).
 
     get_batch(step, micro) -> (x, targets, pad_mask) for that step: a pure function of the step,
     so a resumed run sees exactly the batches the uninterrupted run would have seen.

@@ -2,7 +2,9 @@
 
     python train_rm.py --init out/sft.pt          # sample K responses per prompt; the simulated labeler ranks them
     python train_rm.py --data rankings.jsonl      # human/external rankings: K-wise or chosen/rejected pairs
-    python train_rm.py --policy out/ppo.pt        # steps 2 and 3 repeated: rank samples of a newer policy
+    python train_rm.py --policy out/round1/ppo.pt --data out/round1/rm.rankings.jsonl
+                                                  # steps 2 and 3 repeated: rank samples of the newer policy,
+                                                  # and train on them plus the earlier rounds' rankings
 
 The reward model is the SFT model with its scalar head, read at the last real token of
 <|user|>{prompt}<|assistant|>{response}<|end|>, i.e. at the <|end|> (never mean-pooled). Every response of
@@ -12,8 +14,11 @@ a ranking is scored once, and the loss runs over all C(K,2) pairs formed from th
     loss(theta) = -1/C(K,2) * E_{(x, y_w, y_l) ~ D} [ log sigmoid( r_theta(x, y_w) - r_theta(x, y_l) ) ]
 
 Afterwards a gain and bias make samples of the --init (SFT) model score mean 0, std 1; they are stored in
-the checkpoint, and load_reward_model() applies them. The RM is evaluated on held-out prompts against the
-labeler: pairwise accuracy vs the noisy labels and vs the noise-free order, and Spearman's rank correlation.
+the checkpoint, and common.load_reward_model() applies them (common also holds the reader, score_seqs). The
+RM is evaluated on held-out prompts against the labeler: pairwise accuracy vs the noisy labels and vs the
+noise-free order, and Spearman's rank correlation, on samples of the SFT model (--init) and, with --policy,
+on samples of that policy too: the one PPO will start from, whose mistakes the new rankings are meant to catch.
+Every ranking the RM trained on is written next to it (out/rm.rankings.jsonl), the --data of the next round.
 """
 import math
 import os
@@ -27,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, check_flags, cosine_lr, fail, last_index, load_model,
-                    parse_config, pick_device, sample_responses, save_checkpoint)
-from data import encode_prompt, left_pad, load_rankings
+from common import (POLICY_STAGES, Log, autocast, check_flags, check_tokenizer, cosine_lr, fail, load_model,
+                    parse_config, pick_device, save_checkpoint, score_all, score_seqs)
+from data import encode_prompt, load_rankings, response_text, sample_responses, write_jsonl
 
 
 SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide batches
@@ -41,7 +46,8 @@ class RMConfig:
     init: str = "out/sft.pt"         # the trunk the RM starts from (InstructGPT: the SFT model)
     out: str = "out/rm.pt"
     policy: str = ""                 # sample the K responses from this checkpoint instead of --init
-    data: str = ""                   # rankings JSONL; empty: sample, and the simulated labeler ranks
+    data: str = ""                   # rankings JSONL to train on; new ones are sampled (and the simulated
+                                     # labeler ranks them) too when --policy is named or --data is empty
     k: int = 8                       # responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives
                                      # 28 pairs per 8 forwards, K=4 only 12 per 8, at the same sampling cost
     n_prompts: int = 500             # rankings to collect: the training prompts, cycled
@@ -58,48 +64,6 @@ class RMConfig:
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
-
-
-# ----------------------------------------------------------------------------- the reward model
-def rm_score(model, idx, pad_mask=None, gain=1.0, bias=0.0):
-    """Reward (B,) of each row: the scalar head at the row's last real token (the <|end|>), never
-    mean-pooled; gain * r + bias. Works for left, right or no padding."""
-    pad_mask = torch.ones_like(idx, dtype=torch.bool) if pad_mask is None else pad_mask
-    h = model.hidden(idx, pad_mask)
-    return gain * model.scalar(h[torch.arange(len(idx), device=idx.device), last_index(pad_mask)]).float() + bias
-
-
-def score_seqs(model, seqs, device):
-    """Rewards (with grad) of token lists prompt+response(+<|end|>); too long rows keep their end."""
-    idx, mask = left_pad([s[-model.config.block_size:] for s in seqs], device=device)
-    return rm_score(model, idx, mask)
-
-
-@torch.no_grad()
-def score_all(model, seqs, device, ctx, batch_size=64):
-    """Raw rewards of many sequences as a numpy array, in eval mode, batch by batch."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        with ctx:
-            out.append(score_seqs(model, seqs[i:i + batch_size], device).float().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def load_reward_model(path, device="cpu", flag="--reward", precision="auto"):
-    """An "rm" checkpoint -> (reward, model, tok, ckpt). reward(prompts, responses) -> FloatTensor (B,) on
-    device: normalized scores (SFT samples: mean 0, std 1) of token lists, prompts as data.encode_prompt
-    gives them, responses as GPT.generate gives them (ending with <|end|> when the model stopped)."""
-    model, tok, ckpt = load_model(path, ("rm",), device, flag)
-    model.eval().requires_grad_(False)
-    gain, bias, ctx = ckpt["rm_gain"], ckpt["rm_bias"], autocast(device.split(":")[0], precision)
-
-    def reward(prompts, responses):
-        seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
-        return torch.tensor(gain * score_all(model, seqs, device, ctx) + bias, dtype=torch.float32, device=device)
-    return reward, model, tok, ckpt
 
 
 # ----------------------------------------------------------------------------- the loss (InstructGPT eq. 1)
@@ -122,38 +86,49 @@ def ranking_loss(scores, sizes):
 
 
 # ----------------------------------------------------------------------------- rankings
-def sample_rankings(policy, tok, prompts, cfg, seed, device, ctx):
-    """K responses per prompt from the policy (KV cache, stop at <|end|>), ranked best..worst by the
+def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, label_noise, seed, device, ctx):
+    """k responses per prompt from the policy (KV cache, stop at <|end|>), ranked best..worst by the
     simulated labeler with N(0, label_noise^2) added to its score. Identical responses to a prompt are
     merged (a ranking needs >= 2 distinct ones). A response cut off before <|end|> is scored ended=False.
     Returns (rankings, all sampled sequences): a ranking is {"prompt", "texts", "seqs", "gold"}."""
-    end = tok.special_tokens["<|end|>"]
     with ctx:
-        responses, ended = sample_responses(policy, tok, [p for p in prompts for _ in range(cfg.k)],
-                                            cfg.max_new_tokens, cfg.temperature, seed=seed, device=device,
-                                            batch_size=SAMPLE_BATCH)
+        responses = sample_responses(policy, tok, [p for p in prompts for _ in range(k)], max_new_tokens,
+                                     temperature, seed=seed, device=device, batch_size=SAMPLE_BATCH)
     rng = np.random.default_rng(seed)
     rankings, samples = [], []
     for n, prompt in enumerate(prompts):
         prompt_ids = encode_prompt(tok, prompt)
-        group = [(tuple(r), e) for r, e in zip(responses[n * cfg.k:(n + 1) * cfg.k], ended[n * cfg.k:(n + 1) * cfg.k])]
-        samples += [prompt_ids + list(r) + [end] * e for r, e in group]
+        group = [tuple(r) for r in responses[n * k:(n + 1) * k]]
+        samples += [prompt_ids + list(r) for r in group]
         distinct = list(dict.fromkeys(group))
         if len(distinct) < 2:
             continue
-        texts, ends = [tok.decode(list(r)) for r, _ in distinct], [e for _, e in distinct]
-        order = labeler.rank(prompt, texts, cfg.label_noise, rng, ends)
+        texts, ends = zip(*(response_text(tok, r) for r in distinct))
+        order = labeler.rank(prompt, list(texts), label_noise, rng, list(ends))
         rankings.append({"prompt": prompt, "texts": [texts[i] for i in order],
-                         "seqs": [prompt_ids + list(distinct[i][0]) + [end] * distinct[i][1] for i in order],
+                         "seqs": [prompt_ids + list(distinct[i]) for i in order],
                          "gold": [labeler.score(prompt, texts[i], ends[i])[0] for i in order]})
     return rankings, samples
 
 
 def file_rankings(tok, path):
-    """Rankings from a JSONL file (data.load_rankings checks <2 responses and duplicates)."""
+    """Rankings from a JSONL file (data.load_rankings checks <2 responses and duplicates); each response
+    is a finished one, followed by its <|end|>."""
     end, enc = tok.special_tokens["<|end|>"], tok.to_tiktoken().encode_ordinary
     return [{"prompt": p, "texts": rs, "seqs": [encode_prompt(tok, p) + enc(r) + [end] for r in rs], "gold": None}
             for p, rs in load_rankings(path)]
+
+
+def ranking_records(rankings, end):
+    """Rankings as data.load_rankings reads them, {"prompt", "responses": [best, ..., worst]}. A file's
+    responses are finished ones, so a response that was cut off before its <|end|> is left out (PPO never
+    asks the RM about those: they get --no-end-penalty), and so is a ranking left with fewer than 2."""
+    records = []
+    for rk in rankings:
+        texts = [t for t, s in zip(rk["texts"], rk["seqs"]) if s[-1] == end]
+        if len(texts) >= 2:
+            records.append({"prompt": rk["prompt"], "responses": texts})
+    return records
 
 
 # ----------------------------------------------------------------------------- train, normalize, evaluate
@@ -251,45 +226,51 @@ def main(argv=None):
     policy = model
     if cfg.policy:
         policy, policy_tok, _ = load_model(cfg.policy, POLICY_STAGES, device, flag="--policy")
-        if policy_tok.state_dict() != tok.state_dict():
-            fail(f"--policy {cfg.policy}: its tokenizer differs from --init {cfg.init}'s")
+        check_tokenizer(policy_tok, tok, f"--policy {cfg.policy}", f"--init {cfg.init}'s")
 
     # 1. the rankings, and every sample we need, drawn before training changes the --init weights
     t0 = time.time()
     train_p, held = labeler.train_prompts(), labeler.heldout_prompts()
     random.Random(cfg.seed).shuffle(train_p)
     prompts = [train_p[i % len(train_p)] for i in range(cfg.n_prompts)]
-    if cfg.data:
-        rankings, norm_seqs = file_rankings(tok, cfg.data), None
-    else:
-        rankings, norm_seqs = sample_rankings(policy, tok, prompts, cfg, cfg.seed, device, ctx)
-        if not rankings:
+    knobs = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                 label_noise=cfg.label_noise, device=device, ctx=ctx)
+    rankings, norm_seqs = file_rankings(tok, cfg.data) if cfg.data else [], None
+    if cfg.policy or not cfg.data:
+        new, norm_seqs = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
+        if not new:
             fail(f"--init {cfg.policy or cfg.init}: no prompt got 2 distinct responses; raise --temperature")
+        rankings += new
     if cfg.data or cfg.policy:  # the normalization wants samples of the SFT model (--init) itself
         with ctx:
-            responses, ended = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
-                                                seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
-        end = tok.special_tokens["<|end|>"]
-        norm_seqs = [encode_prompt(tok, p) + r + [end] * e for p, r, e in zip(prompts, responses, ended)]
-    eval_rankings = sample_rankings(policy, tok, [held[i % len(held)] for i in range(cfg.eval_prompts)],
-                                    cfg, cfg.seed + 1, device, ctx)[0]
-    rk = rankings[0]
+            responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
+                                         seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
+        norm_seqs = [encode_prompt(tok, p) + r for p, r in zip(prompts, responses)]
+    held_prompts = [held[i % len(held)] for i in range(cfg.eval_prompts)]
+    eval_sets = {"heldout_": sample_rankings(model, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]}
+    if cfg.policy:
+        eval_sets["heldout_policy_"] = sample_rankings(policy, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]
+    rk = rankings[-1]
     print(f"{len(rankings)} rankings ({sum(map(len, (r['seqs'] for r in rankings)))} responses) and "
-          f"{len(eval_rankings)} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +
+          f"{len(eval_sets['heldout_'])} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +
           "\n".join(f"  {i + 1}. {t!r}" for i, t in enumerate(rk["texts"])))
 
     # 2. train (eq. 1), 3. normalize on SFT samples, 4. evaluate on held-out prompts
     log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl")
     train_loss = train(model, rankings, cfg, device, log)
     gain, bias = fit_normalization(model, norm_seqs, device, ctx)
-    metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias,
-               **{f"heldout_{k}": v for k, v in evaluate(model, eval_rankings, device, ctx).items()}}
+    metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias}
+    for prefix, eval_rankings in eval_sets.items():
+        metrics.update({prefix + k: v for k, v in evaluate(model, eval_rankings, device, ctx).items()})
     log(metrics, "held-out  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    write_jsonl(os.path.splitext(cfg.out)[0] + ".rankings.jsonl", ranking_records(rankings, tok.special_tokens["<|end|>"]))
     save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, step=math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs,
                     args=asdict(cfg), metrics=metrics, rm_gain=gain, rm_bias=bias)
     print(f"held-out pairwise accuracy {metrics.get('heldout_acc_gold', float('nan')):.1%} vs the noise-free "
           f"labeler, {metrics.get('heldout_acc_noisy', float('nan')):.1%} vs its noisy labels; Spearman "
-          f"{metrics.get('heldout_spearman', float('nan')):.3f}. Wrote {cfg.out} ({time.time() - t0:.0f}s)")
+          f"{metrics.get('heldout_spearman', float('nan')):.3f}" +
+          (f"; {metrics.get('heldout_policy_acc_gold', float('nan')):.1%} on --policy's samples" if cfg.policy else "") +
+          f". Wrote {cfg.out} ({time.time() - t0:.0f}s)")
     return metrics
 
 

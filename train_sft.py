@@ -14,36 +14,28 @@ from dataclasses import asdict, dataclass
 import torch
 
 import labeler
-from common import (Log, autocast, fail, load_model, parse_config, pick_device, sample_responses,
-                    save_checkpoint)
-from data import encode_example, left_pad, load_demonstrations, read_corpus
-from train_pretrain import lm_loss, train
+from common import Log, autocast, fail, load_model, parse_config, pick_device, save_checkpoint
+from data import encode_example, load_demonstrations, read_corpus, response_text, sample_responses
+from gpt import left_pad
+from train_pretrain import LoopConfig, lm_loss, train
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(LoopConfig):         # the loop's knobs, with SFT's own defaults where they differ
+    lr: float = 5e-4
+    warmup_iters: int = 20
+    max_iters: int = 300
+    weight_decay: float = 0.0
+    eval_iters: int = 5
     init: str = "out/pretrain.pt"
     out: str = "out/sft.pt"
     data: str = ""                   # demonstrations JSONL; empty: the simulated labeler writes them
     corpus: str = "data/sotu.txt.gz" # where the simulated labeler finds its demonstrations
     n_demos: int = 2000              # the corpus holds about 2,030 sentences that earn full marks
     val_fraction: float = 0.05
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 5e-4
-    warmup_iters: int = 20
-    max_iters: int = 300
-    max_minutes: float = 0.0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_iters: int = 5
     eval_samples: int = 64           # responses sampled on held-out prompts at each evaluation
     temperature: float = 0.7         # sampling for the labeler evaluation
     max_new_tokens: int = 64
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
 
 
 def make_examples(tok, pairs, block_size):
@@ -62,9 +54,10 @@ def collate(rows, device):
 @torch.no_grad()
 def labeler_eval(model, tok, prompts, cfg, device):
     """Mean simulated-labeler score and the share of responses that end with <|end|>."""
-    responses, ended = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
-                                        seed=cfg.seed, device=device)
-    scores = [labeler.score(p, tok.decode(r), e)[0] for p, r, e in zip(prompts, responses, ended)]
+    responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed,
+                                 device=device)
+    texts, ended = zip(*(response_text(tok, r) for r in responses))
+    scores = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, texts, ended)]
     return {"gold_score": sum(scores) / len(scores), "ended": sum(ended) / len(ended)}
 
 

@@ -97,7 +97,7 @@ def test_score_is_read_at_the_last_real_token_with_padding(tiny_tok):
         T = max(map(len, seqs))
         idx = torch.tensor([s + [7] * (T - len(s)) for s in seqs])
         mask = torch.tensor([[True] * len(s) + [False] * (T - len(s)) for s in seqs])
-        assert torch.allclose(train_rm.rm_score(model, idx, mask), batch, atol=1e-5)
+        assert torch.allclose(common.rm_score(model, idx, mask), batch, atol=1e-5)
 
 
 def test_normalization_gives_mean_0_std_1(tmp_path, tiny_tok):
@@ -112,7 +112,7 @@ def test_normalization_gives_mean_0_std_1(tmp_path, tiny_tok):
     # the checkpoint keeps them and load_reward_model applies them
     common.save_checkpoint(str(tmp_path / "rm.pt"), stage="rm", model=model, tokenizer=tiny_tok,
                            rm_gain=gain, rm_bias=bias)
-    reward, _, _, _ = train_rm.load_reward_model(str(tmp_path / "rm.pt"), precision="fp32")
+    reward, _, _, _ = common.load_reward_model(str(tmp_path / "rm.pt"), precision="fp32")
     r = reward([s[:len(p)] for s in seqs], [s[len(p):] for s in seqs])
     assert r.shape == (40,) and abs(r.mean().item()) < 1e-4 and r.std(unbiased=False).item() == pytest.approx(1, abs=1e-4)
 
@@ -148,12 +148,12 @@ def test_learns_an_easy_preference(tiny_tok):
 # ----------------------------------------------------------------------------- the script
 def test_sampled_rankings_dedup_and_unended(tiny_tok, monkeypatch):
     # 3 samples per prompt: two identical ones merge; a prompt with only one distinct sample is dropped
-    fake = [[40, 41], [40, 41], [50], [60], [60], [60]], [True, True, False, True, True, True]
-    monkeypatch.setattr(train_rm, "sample_responses", lambda *args, **kwargs: fake)
-    cfg = train_rm.RMConfig(k=3, label_noise=0.0)
-    rankings, samples = train_rm.sample_rankings(None, tiny_tok, [PROMPT, PROMPT], cfg, 0, "cpu",
-                                                 common.autocast("cpu", "fp32"))
     end, p = tiny_tok.special_tokens["<|end|>"], encode_prompt(tiny_tok, PROMPT)
+    fake = [[40, 41, end], [40, 41, end], [50], [60, end], [60, end], [60, end]]
+    monkeypatch.setattr(train_rm, "sample_responses", lambda *args, **kwargs: fake)
+    rankings, samples = train_rm.sample_rankings(None, tiny_tok, [PROMPT, PROMPT], k=3, temperature=1.0,
+                                                 max_new_tokens=64, label_noise=0.0, seed=0, device="cpu",
+                                                 ctx=common.autocast("cpu", "fp32"))
     assert len(samples) == 6 and len(rankings) == 1
     rk = rankings[0]
     assert sorted(map(tuple, rk["seqs"])) == sorted([tuple(p + [40, 41, end]), tuple(p + [50])])  # no <|end|>: cut off
@@ -183,6 +183,40 @@ def test_main_with_rankings_file(tmp_path, tiny_tok):
     train_rm.main(tiny_flags(tmp_path, sft, "--data", data))
     ckpt = common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))
     assert ckpt["metrics"]["rankings"] == 2
+
+
+def test_the_next_round_samples_the_policy_and_keeps_the_earlier_rankings(tmp_path, tiny_tok, monkeypatch):
+    """Round 1 writes the rankings it trained on beside the RM; round 2 (--policy + --data) trains on
+    those plus new ones sampled from the policy (not from --init), and is evaluated on both models' samples."""
+    from data import load_rankings
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    policy = make_checkpoint(tmp_path / "ppo.pt", "ppo", tiny_tok, seed=1)
+    end, calls = tiny_tok.special_tokens["<|end|>"], []
+
+    def fake_samples(model, tok, prompts, *args, **kwargs):   # finished, distinct, new in every call
+        calls.append(model)
+        return [[40 + len(calls), 50 + i % 3, end] for i in range(len(prompts))]
+    monkeypatch.setattr(train_rm, "sample_responses", fake_samples)
+    train_rm.main(tiny_flags(tmp_path, sft))
+    round1 = load_rankings(str(tmp_path / "rm.rankings.jsonl"))
+    assert len(round1) == 6 and all(len(rs) == 3 for _, rs in round1)
+    calls.clear()
+    metrics = train_rm.main(tiny_flags(tmp_path, sft, "--policy", policy, "--data", str(tmp_path / "rm.rankings.jsonl"),
+                                       "--out", str(tmp_path / "round2.pt")))
+    both = load_rankings(str(tmp_path / "round2.rankings.jsonl"))
+    assert metrics["rankings"] == len(both) == 12 and all(r in both for r in round1)
+    # the new rankings come from the policy; SFT samples only normalize the scores and test the RM
+    ppo_weights = common.load_checkpoint(policy)["model"]
+    is_policy = lambda model: all(torch.equal(v, ppo_weights[k]) for k, v in model.state_dict().items())
+    assert [is_policy(m) for m in calls] == [True, False, False, True]   # train, normalize, held-out x2
+    assert {"heldout_acc_noisy", "heldout_policy_acc_noisy"} <= set(metrics)
+
+
+def test_rankings_cut_off_before_the_end_are_not_written(tiny_tok):
+    end = tiny_tok.special_tokens["<|end|>"]
+    rankings = [{"prompt": "p", "texts": ["a", "b", "c"], "seqs": [[1, end], [2], [3, end]]},
+                {"prompt": "q", "texts": ["a", "b"], "seqs": [[1, end], [2]]}]
+    assert train_rm.ranking_records(rankings, end) == [{"prompt": "p", "responses": ["a", "c"]}]
 
 
 # ----------------------------------------------------------------------------- bad input: one clear error each
