@@ -6,9 +6,9 @@
 
 Each turn is  <|user|>{text}<|assistant|>{answer}<|end|>  (DESIGN.md). The conversation is the context;
 when it and --max-new-tokens no longer fit in the model's block_size, the oldest turns are left out and
-chat says so (data.fit_context, the rule serve.py follows too). What the user types is ordinary text:
+chat says so (web.fit_context, the rule serve.py follows too). What the user types is ordinary text:
 typing "<|end|>" cannot inject a control token; what the model writes is shown without special tokens or
-control characters (data.AnswerText).
+control characters (web.AnswerText).
 Commands: /reset forgets the conversation, /quit (or Ctrl-D) leaves.
 """
 import argparse
@@ -18,7 +18,8 @@ import sys
 import torch
 
 from common import POLICY_STAGES, fail, load_model, pick_device
-from data import AnswerText, encode_prompt, fit_context
+from data import encode_prompt
+from web import AnswerText, fit_context
 
 
 def answer(model, tok, context, args, generator, write):

@@ -4,12 +4,10 @@ Chat template (see DESIGN.md): a turn is  <|user|>{prompt}<|assistant|>{response
 Generation starts after <|assistant|> and stops at <|end|>. User text is always encoded as
 ordinary text, so typing "<|end|>" cannot inject a control token.
 """
-import codecs
 import gzip
 import hashlib
 import json
 import os
-import re
 
 import numpy as np
 import torch
@@ -173,54 +171,6 @@ def encode_example(tok, prompt, response):
     ids = prompt_ids + response_ids
     targets = [-1] * (len(prompt_ids) - 1) + response_ids + [-1]
     return ids, targets
-
-
-def fit_context(turns, block_size, reserve):
-    """The context rule of chat.py and serve.py. turns: token lists, oldest first, each a whole
-    <|user|>..<|assistant|>..<|end|> turn but the last, the new <|user|>{text}<|assistant|>. Keep the newest
-    whole turns that leave `reserve` tokens of the block for the answer; the new turn is kept whenever it
-    leaves at least one (the answer is then cut short). Returns (ids, dropped): the context and how many
-    old turns were left out, for the caller to say so; ids is None when the new turn alone fills the block."""
-    if len(turns[-1]) >= block_size:
-        return None, len(turns) - 1
-    kept, n = 1, len(turns[-1])
-    while kept < len(turns) and n + len(turns[-kept - 1]) <= block_size - reserve:
-        n += len(turns[-kept - 1])
-        kept += 1
-    return [t for turn in turns[-kept:] for t in turn], len(turns) - kept
-
-
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # C0 and C1 control characters but \t and \n
-
-
-class AnswerText:
-    """An answer's text as its tokens arrive, fit for a terminal or a page: push() returns the characters
-    completed by a token (a token may end inside a UTF-8 character: it waits for the rest), never a control
-    character, and None at a special token, where the answer ends (<|end|>, or a template token the model
-    should not write). close() returns what is left (an unfinished character becomes U+FFFD)."""
-
-    def __init__(self, tok):
-        self.enc, self.specials = tok.to_tiktoken(), set(tok.special_tokens.values())
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token):
-        if token in self.specials:
-            return None
-        return CONTROL.sub("", self.utf8.decode(self.enc.decode_single_token_bytes(token)))
-
-    def close(self):
-        return CONTROL.sub("", self.utf8.decode(b"", final=True))
-
-
-def answer_text(tok, ids):
-    """The whole text of an answer (token ids), cut and cleaned as AnswerText does."""
-    text, pieces = AnswerText(tok), []
-    for t in ids:
-        piece = text.push(t)
-        if piece is None:
-            break
-        pieces.append(piece)
-    return "".join(pieces) + text.close()
 
 
 # ----------------------------------------------------------------------------- responses

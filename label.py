@@ -25,8 +25,8 @@ from collections import Counter
 
 import labeler
 from common import POLICY_STAGES, fail, load_model, pick_device
-from data import answer_text, load_prompts, load_rankings, sample_responses
-from web import PageHandler, PageServer
+from data import load_prompts, load_rankings, sample_responses
+from web import answer_text, PageHandler, PageServer
 
 MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label.html")

@@ -20,7 +20,7 @@ POST /v1/chat/completions   OpenAI's request and response, for the fields this m
                or alone (its rows draw from their own generator)
   stream       server-sent events of "chat.completion.chunk" deltas, then "data: [DONE]";
                stream_options.include_usage adds a last chunk with the usage.
-  Other fields are ignored. The context rule is chat.py's (data.fit_context): the newest whole turns that leave
+  Other fields are ignored. The context rule is chat.py's (web.fit_context): the newest whole turns that leave
   max_tokens for the answer; usage.dropped_messages counts the older messages left out. A last message that
   alone fills the context is a 400 "context_length_exceeded".
 Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 a malformed body or field, 401 no or a wrong
@@ -47,9 +47,9 @@ import traceback
 import torch
 
 from common import POLICY_STAGES, check_flags, fail, load_model, pick_device
-from data import AnswerText, encode_example, encode_prompt, fit_context
+from data import encode_example, encode_prompt
 from gpt import GPT
-from web import PageHandler, PageServer
+from web import AnswerText, fit_context, PageHandler, PageServer
 
 MAX_BODY = 1 << 20        # a long chat's whole history is a few hundred KB at most
 MAX_WAITING = 256         # rows waiting for a model; more requests get a 429

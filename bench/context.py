@@ -1,5 +1,5 @@
 """How many turns of the demo task fit a model's context, under the context rule chat.py and serve.py share
-(data.fit_context: the newest whole turns that leave --reserve tokens for the answer).
+(web.fit_context: the newest whole turns that leave --reserve tokens for the answer).
 
 A turn is <|user|>{labeler prompt}<|assistant|>{demonstration}<|end|>, with the demonstrations SFT trains on
 (labeler.demonstrations) and the default pretraining tokenizer (train_pretrain.prepare_tokens, cached in out/).
@@ -18,7 +18,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import labeler  # noqa: E402
-from data import encode_example, encode_prompt, fit_context, read_corpus  # noqa: E402
+from data import encode_example, encode_prompt, read_corpus  # noqa: E402
+from web import fit_context
 from train_pretrain import PretrainConfig, prepare_tokens  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

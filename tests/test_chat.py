@@ -1,5 +1,5 @@
-"""chat.py: --prompt mode, the context trimmed at block_size (data.fit_context), user text never a control
-token, the answer without special tokens or control characters (data.AnswerText)."""
+"""chat.py: --prompt mode, the context trimmed at block_size (web.fit_context), user text never a control
+token, the answer without special tokens or control characters (web.AnswerText)."""
 import io
 import os
 import subprocess
@@ -11,7 +11,8 @@ import torch
 from conftest import ROOT, make_checkpoint
 
 import chat
-from data import AnswerText, answer_text, encode_prompt, fit_context
+from data import encode_prompt
+from web import AnswerText, answer_text, fit_context
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from conftest import ROOT, make_checkpoint, reset_connection
 
 import serve
 from common import load_model
-from data import answer_text, encode_example, encode_prompt, fit_context
+from data import encode_example, encode_prompt
+from web import answer_text, fit_context
 from gpt import GPT
 
 PROMPT = "Write a cheerful sentence about the economy."
