@@ -1,0 +1,44 @@
+"""The shared plumbing in common.py: the SVG charts every stage draws, the flags of every stage."""
+import math
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import common
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def read_chart(path):
+    """{series name: [(x, y)]} from a chart's data-points, and every text in the picture."""
+    root = ET.parse(path).getroot()
+    series = {g.get("data-name"): [tuple(map(float, p.split(","))) for p in g.get("data-points").split()]
+              for g in root.iter(SVG + "g")}
+    return series, [t.text for t in root.iter(SVG + "text")]
+
+
+def test_svg_chart_holds_the_values_legend_ticks_and_markers(tmp_path):
+    train = [(10 * i, 5.0 / (i + 1)) for i in range(20)]
+    kl = [(0.5 * i, 0.6 + 0.01 * i) for i in range(8)]
+    common.svg_chart(str(tmp_path / "c.svg"), [
+        {"title": "loss", "xlabel": "step", "ylabel": "loss (nats)",
+         "series": [("train <loss>", train), ("val", [(0, 5.0), (100, float("nan")), (190, 0.4)], "line+dots")]},
+        {"title": "gold vs KL", "xlabel": "KL", "ylabel": "gold", "series": [("ppo", kl, "dots"), ("none", [(1, None)])],
+         "markers": [(0.0, 0.55, "SFT")]}])
+    series, texts = read_chart(tmp_path / "c.svg")
+    flat = lambda points: [v for point in points for v in point]
+    assert flat(series["train <loss>"]) == pytest.approx(flat(train), rel=1e-5)   # 6 significant digits
+    assert flat(series["ppo"]) == pytest.approx(flat(kl), rel=1e-5)
+    assert series["val"] == [(0, 5.0), (190, 0.4)] and series["none"] == []   # nan and None are left out
+    for text in ("loss", "step", "loss (nats)", "train <loss>", "val", "gold vs KL", "KL", "gold", "ppo", "SFT"):
+        assert text in texts, text
+    assert {"0", "50", "200", "4", "0.55", "0.70"} <= set(texts)   # round ticks that cover the data
+    assert sum(1 for _ in ET.parse(tmp_path / "c.svg").getroot().iter(SVG + "circle")) == 2 + 8   # val's and ppo's dots
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 1), (0.013, 0.057), (-3.2, 41), (5, 5), (0, 0), (550, 550.0001)])
+def test_nice_ticks_are_round_and_cover_the_range(lo, hi):
+    ticks, step = common.nice_ticks(lo, hi)
+    assert ticks[0] <= lo and ticks[-1] >= hi and 3 <= len(ticks) <= 12
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-9
