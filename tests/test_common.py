@@ -33,7 +33,8 @@ def test_svg_chart_holds_the_values_legend_ticks_and_markers(tmp_path):
     for text in ("loss", "step", "loss (nats)", "train <loss>", "val", "gold vs KL", "KL", "gold", "ppo", "SFT"):
         assert text in texts, text
     assert {"0", "50", "200", "4", "0.55", "0.70"} <= set(texts)   # round ticks that cover the data
-    assert sum(1 for _ in ET.parse(tmp_path / "c.svg").getroot().iter(SVG + "circle")) == 2 + 8   # val's and ppo's dots
+    dots = [len(g.findall(SVG + "circle")) for g in ET.parse(tmp_path / "c.svg").getroot().iter(SVG + "g")]
+    assert dots == [0, 2, 8, 0]   # a dot per point of the "dots" series, none for plain lines
 
 
 @pytest.mark.parametrize("lo, hi", [(0, 1), (0.013, 0.057), (-3.2, 41), (5, 5), (0, 0), (550, 550.0001)])
