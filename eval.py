@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import labeler
-from common import (autocast, check_flags, check_tokenizer, fail, load_model, load_reward_model, parse_config,
+from common import (autocast, check_tokenizer, fail, flag, load_model, load_reward_model, parse_config,
                     pick_device)
 from data import (action_logprobs, cached_tokens, encode_prompt, get_lm_batch, pad_episodes, read_corpus,
                   response_text, sample_responses)
@@ -54,9 +54,10 @@ class EvalConfig:
     ppo: str = ""
     rm: str = ""
     corpus: str = ""                   # perplexity and few-shot demos; empty: the pretrain checkpoint's --data
-    samples_per_prompt: int = 10       # x 9 held-out prompts = samples per row (best-of-16 draws 16 times that)
+    samples_per_prompt: int = flag(10, "x 9 held-out prompts = samples per row (best-of-16 draws 16 times that)",
+                                   "[1, inf)")
     temperature: float = 1.0           # the distribution PPO optimized (and its KL was measured at)
-    max_new_tokens: int = 64
+    max_new_tokens: int = flag(64, "longest response, in tokens", "[1, inf)")
     shots: int = 3                     # few-shot: at most this many demonstrations (fewer if the context is full)
     ppl_iters: int = 4                 # validation batches per model for the perplexity
     rm_rankings: int = 16              # fresh held-out rankings of SFT samples for the RM's accuracy (one batch)
@@ -351,7 +352,6 @@ def extras(cfg, paths, policies, tok, rm, val_tokens, device, ctx):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = parse_config(EvalConfig, __doc__.split("\n")[0], argv)
-    check_flags(positive=(("--samples-per-prompt", cfg.samples_per_prompt), ("--max-new-tokens", cfg.max_new_tokens)))
     t_start = time.time()
     os.makedirs(cfg.out_dir, exist_ok=True)
     device = pick_device(cfg.device)

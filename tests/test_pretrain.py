@@ -48,7 +48,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, monkeypatch):
         if kw["step"] == 20:
             saved(str(tmp_path / "resumed.pt"), **kw)
     monkeypatch.setattr(train_pretrain, "save_checkpoint", save_and_keep)
-    full, full_val = run(tmp_path, corpus, "--max-iters", "40")
+    full, full_val = run(tmp_path, corpus, "--max-iters", "40", "--save-interval", "10")
     monkeypatch.setattr(train_pretrain, "save_checkpoint", saved)
     train_pretrain.main(["--data", str(corpus), "--out", str(tmp_path / "resumed.pt"), *TINY,
                          "--max-iters", "40", "--resume"])
@@ -68,7 +68,7 @@ def test_two_process_torchrun(tmp_path, corpus):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 process(es)" in result.stdout and result.stdout.count("val loss") == 1  # rank 0 alone prints
-    assert sorted(p.name for p in tmp_path.glob("ddp*")) == ["ddp.log.jsonl", "ddp.pt"]
+    assert sorted(p.name for p in tmp_path.glob("ddp*")) == ["ddp.log.jsonl", "ddp.pt", "ddp.svg"]
     assert torch.load(out, weights_only=True)["step"] == 10
 
 
@@ -99,20 +99,3 @@ def test_killed_during_save_leaves_previous_checkpoint_loadable(tmp_path, tiny_t
     proc.wait()
     ckpt = common.load_checkpoint(str(out))
     assert ckpt["step"] >= 2 and ckpt["stage"] == "pretrain"
-
-
-def test_bad_input_is_one_clear_error(tmp_path, corpus, capsys):
-    cases = [
-        (["--data", str(tmp_path / "missing.txt")], "no such file"),
-        (["--data", str(tmp_path / "empty.txt")], "empty"),
-        (["--data", str(tmp_path / "short.txt")], "too short"),
-        (["--data", str(corpus), "--device", "tpu"], "unknown device"),
-        (["--data", str(corpus), "--resume", "--out", str(tmp_path / "not_a_ckpt.pt")], "not a checkpoint"),
-    ]
-    (tmp_path / "empty.txt").write_text("\n\n")
-    (tmp_path / "short.txt").write_text("A few words of text. " * 20)
-    (tmp_path / "not_a_ckpt.pt").write_text("hello")
-    for flags, message in cases:
-        with pytest.raises(SystemExit) as e:
-            train_pretrain.main([*TINY, "--out", str(tmp_path / "p.pt"), *flags])
-        assert str(e.value).startswith("error: ") and message in str(e.value), (flags, e.value)

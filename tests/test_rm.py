@@ -175,14 +175,18 @@ def test_main_samples_trains_and_writes_an_rm_checkpoint(tmp_path, tiny_tok):
     assert common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))["args"]["policy"] == ppo
 
 
-def test_main_with_rankings_file(tmp_path, tiny_tok):
+def test_main_with_rankings_file_holds_out_a_part_of_them_and_claims_no_gold(tmp_path, tiny_tok, capsys):
     sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
     data = write_jsonl(tmp_path / "rankings.jsonl", [
         {"prompt": PROMPT, "responses": ["Our economy is strong.", "The economy.", "Bad."]},
-        {"prompt": "Say hi.", "chosen": "Hi there!", "rejected": "No."}])
-    train_rm.main(tiny_flags(tmp_path, sft, "--data", data))
-    ckpt = common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))
-    assert ckpt["metrics"]["rankings"] == 2
+        {"prompt": "Say hi.", "chosen": "Hi there!", "rejected": "No."}] * 5)
+    train_rm.main(tiny_flags(tmp_path, sft, "--data", data, "--val-fraction", "0.2"))
+    metrics = common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))["metrics"]
+    assert metrics["rankings"] == 8   # 2 of the 10 are held out: the accuracy is measured on them
+    assert 0 <= metrics["heldout_acc_noisy"] <= 1 and "heldout_acc_gold" not in metrics
+    out, err = capsys.readouterr()
+    assert "on 2 of your rankings" in out and "no gold score" in out
+    assert "pairs x 1 epoch(s) are too few" in err   # 8 rankings: 17 pairs
 
 
 # ----------------------------------------------------------------------------- bad input: one clear error each
@@ -202,12 +206,6 @@ def test_bad_rankings_file(tmp_path, tiny_tok, records, expected):
     sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
     data = write_jsonl(tmp_path / "bad.jsonl", records)
     assert expected in error_of(train_rm.main, tiny_flags(tmp_path, sft, "--data", data))
-
-
-def test_bad_k(tmp_path, tiny_tok):
-    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
-    for k in ("1", "10"):
-        assert error_of(train_rm.main, tiny_flags(tmp_path, sft) + ["--k", k]).startswith(f"error: --k {k}:")
 
 
 def test_init_of_the_wrong_stage(tmp_path, tiny_tok, capsys):
