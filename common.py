@@ -485,7 +485,7 @@ def single_process(script):
     """Stages without multi-process training refuse torchrun with one line (each copy would write --out)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if os.environ.get("RANK", "0") != "0":
-            raise SystemExit(1)
+            raise SystemExit(0)   # quietly: torchrun would stop process 0 before it says why
         fail(f"{script} trains in one process: run it with python, not torchrun "
              f"(multi-process training: train_pretrain.py and train_sft.py)")
 

@@ -329,8 +329,8 @@ def ppo_chart(path, records, held=None):
 
 
 def main(argv=None):
-    cfg = parse_config(PPOConfig, __doc__, argv, stage="ppo")
     single_process("train_ppo.py")
+    cfg = parse_config(PPOConfig, __doc__, argv, stage="ppo")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")

@@ -227,8 +227,8 @@ def rm_chart(path, records, metrics):
 
 
 def main(argv=None):
-    cfg = parse_config(RMConfig, __doc__, argv, stage="rm")
     single_process("train_rm.py")
+    cfg = parse_config(RMConfig, __doc__, argv, stage="rm")
     ckpt = load_checkpoint(cfg.out, ("rm",), flag="--resume") if cfg.resume else None
     if ckpt is not None and "optimizer" not in ckpt:
         fail(f"--resume {cfg.out}: a finished run (only an interrupted one can be continued); train anew")

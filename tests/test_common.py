@@ -5,16 +5,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import common
-
-SVG = "{http://www.w3.org/2000/svg}"
-
-
-def read_chart(path):
-    """{series name: [(x, y)]} from a chart's data-points, and every text in the picture."""
-    root = ET.parse(path).getroot()
-    series = {g.get("data-name"): [tuple(map(float, p.split(","))) for p in g.get("data-points").split()]
-              for g in root.iter(SVG + "g")}
-    return series, [t.text for t in root.iter(SVG + "text")]
+from conftest import SVG, read_chart
 
 
 def test_svg_chart_holds_the_values_legend_ticks_and_markers(tmp_path):
@@ -115,3 +106,78 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_no_traceback(bad_inputs, case,
                                 cwd=bad_inputs, timeout=120)
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr + result.stdout
+
+
+# ----------------------------------------------------------------------------- --help, --resume, torchrun
+STAGES = {"train_pretrain": "PretrainConfig", "train_sft": "SFTConfig", "train_rm": "RMConfig", "train_ppo": "PPOConfig"}
+
+
+@pytest.mark.parametrize("script", STAGES)
+def test_help_explains_every_flag_with_its_default_range_and_choices(script, capsys):
+    import dataclasses
+    import importlib
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
+    assert module.__doc__.split("\n")[0] in text
+    cls = getattr(module, STAGES[script])
+    for f in dataclasses.fields(cls):
+        meta, name = common.field_meta(cls, f.name), "--" + f.name.replace("_", "-")
+        assert meta.get("help"), f"{script} {name} has no help"
+        assert name in text
+        if meta.get("within"):
+            assert common.within_text(meta["within"]) in text, name
+        if meta.get("choices"):
+            assert "{" + ",".join(meta["choices"]) + "}" in text, name
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert {"out", "resume", "seed", "device", "precision", "lr", "batch_size", "grad_clip"} <= names   # one spelling
+    if script != "train_rm":
+        assert {"max_iters", "max_minutes", "save_interval"} <= names
+
+
+def test_sft_keeps_the_help_and_range_of_the_loop_flags_it_redefaults():
+    import train_sft
+    meta = common.field_meta(train_sft.SFTConfig, "lr")
+    assert meta["within"] == "(0, inf)" and meta["help"].startswith("peak learning rate")
+    assert train_sft.SFTConfig().lr == 5e-4
+
+
+def test_resume_reads_the_runs_flags_and_refuses_a_fixed_one_that_differs(tmp_path, tiny_tok):
+    import dataclasses
+    from gpt import GPT, GPTConfig
+
+    @dataclasses.dataclass
+    class Toy(common.RunConfig):
+        width: int = common.flag(4, "the model's width", "[1, inf)", fixed=True)
+        lr: float = common.flag(0.1, "a learning rate", "(0, inf)")
+        steps: int = common.flag(10, "steps", "[1, inf)")
+    out = str(tmp_path / "toy.pt")
+    saved = Toy(out=out, width=8, lr=0.5, steps=20, seed=7)
+    model = GPT(GPTConfig(vocab_size=tiny_tok.n_vocab, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    common.save_checkpoint(out, stage="pretrain", model=model, tokenizer=tiny_tok, args=dataclasses.asdict(saved))
+    cfg = common.parse_config(Toy, "toy", ["--resume", "--out", out, "--steps", "30"], stage="pretrain")
+    assert cfg == dataclasses.replace(saved, steps=30, resume=True)   # only --steps changed
+    assert common.parse_config(Toy, "toy", ["--resume", "--out", out, "--width", "8"], stage="pretrain").width == 8
+    with pytest.raises(SystemExit, match=rf"^error: --width 9: {out} was trained with --width 8, and a resumed run"):
+        common.parse_config(Toy, "toy", ["--resume", "--out", out, "--width", "9"], stage="pretrain")
+    with pytest.raises(SystemExit, match=r"--steps 0: must be >= 1"):   # checked whatever the values come from
+        common.parse_config(Toy, "toy", ["--resume", "--out", out, "--steps", "0"], stage="pretrain")
+    assert common.parse_config(Toy, "toy", []) == Toy()   # without --resume: the defaults
+
+
+@pytest.mark.parametrize("script", ["train_rm", "train_ppo"])
+def test_torchrun_of_a_one_process_stage_is_refused_in_one_line(tmp_path, script):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / f"{script}.py"), "--out", str(tmp_path / "x.pt")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0 and not list(tmp_path.glob("x*"))
+    said = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert said == [f"error: {script}.py trains in one process: run it with python, not torchrun (multi-process "
+                    f"training: train_pretrain.py and train_sft.py)"]

@@ -324,3 +324,25 @@ def test_prompts_the_labeler_cannot_score(tiny_checkpoints, capsys):
     assert "gold" not in run(d, "n.pt", "--max-iters", "1", "--prompts", str(d / "none.jsonl"))[0]
     with pytest.raises(SystemExit, match="bad.jsonl:2: field 'prompt' must be a string"):
         run(d, "x.pt", "--prompts", str(d / "bad.jsonl"))
+
+
+def test_ctrl_c_saves_and_resume_continues(tiny_checkpoints):
+    import json
+    import sys
+    from conftest import ROOT, interrupt, interrupted_at, read_chart
+    d = tiny_checkpoints
+    flags = ["--init", str(d / "sft.pt"), "--reward", str(d / "rm.pt"), "--out", str(d / "c.pt"), "--batch-size", "4",
+             "--minibatch-size", "2", "--max-new-tokens", "8", "--device", "cpu", "--eval-samples", "0"]
+    rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_ppo.py"), *flags, "--max-iters", "100000",
+                                    "--save-interval", "1000"], "iter 3/", d)
+    it = interrupted_at(rc, stderr, d / "c.pt")
+    lines = [line for line in stdout.splitlines() if line.startswith("iter ")]
+    assert lines and all(len(line) <= 80 and " eta " in line for line in lines)   # fits a terminal, says how long
+    ppo.main(["--resume", "--out", str(d / "c.pt"), "--max-iters", str(it + 2)])
+    records = [json.loads(line) for line in open(d / "c.log.jsonl")]
+    assert [r["iter"] for r in records] == list(range(1, it + 3))
+    series, texts = read_chart(d / "c.svg")
+    assert [y for _, y in series["KL"]] == pytest.approx([r["kl"] for r in records], rel=1e-5, abs=1e-6)
+    assert [y for _, y in series["beta"]] == pytest.approx([r["beta"] for r in records], rel=1e-5)
+    assert len(series["reward model (normalized)"]) == len(series["gold (simulated labeler)"]) == it + 2
+    assert {"iteration", "nats per response", "KL to the SFT model"} <= set(texts)

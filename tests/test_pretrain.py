@@ -70,6 +70,17 @@ def test_two_process_torchrun(tmp_path, corpus):
     assert "2 process(es)" in result.stdout and result.stdout.count("val loss") == 1  # rank 0 alone prints
     assert sorted(p.name for p in tmp_path.glob("ddp*")) == ["ddp.log.jsonl", "ddp.pt", "ddp.svg"]
     assert torch.load(out, weights_only=True)["step"] == 10
+    # SFT runs the same loop in two processes, from that checkpoint
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Count to {n}.", "response": " ".join(map(str, range(n)))}) + "\n"
+                             for n in range(1, 9)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train_sft.py"),
+           "--init", str(out), "--data", str(demos), "--out", str(tmp_path / "sft.pt"), "--max-iters", "4",
+           "--warmup-iters", "1", "--eval-interval", "4", "--eval-samples", "2", "--max-new-tokens", "4",
+           "--batch-size", "4", "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("Wrote ") == 1 and torch.load(tmp_path / "sft.pt", weights_only=True)["step"] == 4
 
 
 KILLER = """
@@ -99,3 +110,29 @@ def test_killed_during_save_leaves_previous_checkpoint_loadable(tmp_path, tiny_t
     proc.wait()
     ckpt = common.load_checkpoint(str(out))
     assert ckpt["step"] >= 2 and ckpt["stage"] == "pretrain"
+
+
+def test_ctrl_c_saves_and_resume_needs_only_the_new_max_iters(tmp_path, corpus, capsys):
+    from conftest import interrupt, interrupted_at, read_chart
+    out = tmp_path / "p.pt"
+    rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_pretrain.py"), "--data", str(corpus),
+                                    "--out", str(out), *TINY, "--max-iters", "100000"], "step 20/", tmp_path)
+    step = interrupted_at(rc, stderr, out)
+    assert step >= 20
+    capsys.readouterr()
+    # a flag that would change the model is refused, naming it, before any tokenizer is trained
+    with pytest.raises(SystemExit, match=rf"--vocab-size 512: {out} was trained with --vocab-size 300"):
+        train_pretrain.main(["--resume", "--out", str(out), "--vocab-size", "512"])
+    assert not list(tmp_path.glob("tokenizer-*-512.json")) and "training a" not in capsys.readouterr().out
+    train_pretrain.main(["--resume", "--out", str(out), "--max-iters", str(step + 15)])   # the rest: the run's own
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["step"] == step + 15 and ckpt["args"]["n_embd"] == 32 and ckpt["args"]["max_iters"] == step + 15
+    assert f"resuming from step {step}" in capsys.readouterr().out
+    log = [json.loads(line) for line in open(tmp_path / "p.log.jsonl")]
+    for key in ("loss", "val_loss"):   # each step once: nothing the resumed run wrote twice
+        steps = [r["step"] for r in log if key in r]
+        assert steps == sorted(set(steps)) and steps[-1] == step + 15
+    series, texts = read_chart(tmp_path / "p.svg")   # the picture holds the whole run's values
+    assert [y for _, y in series["training loss"]] == pytest.approx([r["loss"] for r in log if "loss" in r], rel=1e-5)
+    assert [x for x, _ in series["validation loss"]] == [r["step"] for r in log if "val_loss" in r]
+    assert {"step", "loss (nats per token)", "pretraining"} <= set(texts)

@@ -223,3 +223,23 @@ def test_ppo_reward_must_be_a_reward_model(tmp_path, tiny_tok):
     sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
     msg = error_of(train_ppo.main, ["--init", sft, "--reward", sft, "--out", str(tmp_path / "ppo.pt"), "--device", "cpu"])
     assert "--reward" in msg and "reward model" in msg
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_run(tmp_path, tiny_tok):
+    import sys
+    from conftest import ROOT, interrupt, interrupted_at, read_chart
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    out = tmp_path / "rm.pt"
+    flags = tiny_flags(tmp_path, sft, "--n-prompts", "30", "--batch-size", "1", "--epochs", "30")
+    rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_rm.py"), *flags], "step 20/", tmp_path)
+    step = interrupted_at(rc, stderr, out)
+    assert "rm_gain" not in torch.load(out, weights_only=True)   # not normalized yet: PPO refuses it, saying why
+    assert "finish it with python train_rm.py --resume" in error_of(common.load_reward_model, str(out))
+    metrics = train_rm.main(["--resume", "--out", str(out), "--epochs", "2"])   # a shorter run: 2 epochs, not 30
+    ckpt = torch.load(out, weights_only=True)
+    assert "rm_gain" in ckpt and ckpt["step"] == 2 * metrics["rankings"] > step and ckpt["args"]["k"] == 3
+    log = [json.loads(line) for line in open(tmp_path / "rm.log.jsonl")]
+    steps = [r["step"] for r in log if "acc" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == ckpt["step"]   # each step once
+    series, _ = read_chart(tmp_path / "rm.svg")
+    assert [y for _, y in series["training (10-step means)"]] == pytest.approx([r["acc"] for r in log if "acc" in r])
