@@ -385,13 +385,15 @@ def run_script(main):
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")
 
 
-def nice_ticks(lo, hi, n=5):
-    """About n round values (1, 2 or 5 times a power of ten apart) from at or below lo to at or above hi."""
+def nice_ticks(lo, hi, n=5, integer=False):
+    """About n round values (1, 2 or 5 times a power of ten apart; integer: at least 1) from at or below lo to
+    at or above hi."""
     if hi - lo < 1e-12:   # a flat line: give it some room
         lo, hi = lo - (abs(lo) * 0.1 or 0.5), hi + (abs(hi) * 0.1 or 0.5)
     raw = (hi - lo) / n
     step = 10 ** math.floor(math.log10(raw))
     step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
+    step = max(step, 1) if integer else step
     first = math.floor(lo / step + 1e-9) * step
     return [first + i * step for i in range(math.ceil((hi - first) / step - 1e-9) + 1)], step
 
@@ -421,14 +423,17 @@ def chart_panel(panel, x0, y0, w, h):
     markers = list(panel.get("markers", ()))
     xs = [x for _, pts, _ in series for x, _ in pts] + [m[0] for m in markers]
     ys = [y for _, pts, _ in series for _, y in pts] + [m[1] for m in markers]
-    (xt, xstep), (yt, ystep) = nice_ticks(min(xs, default=0), max(xs, default=1)), nice_ticks(min(ys, default=0), max(ys, default=1))
+    xt, xstep = nice_ticks(min(xs, default=0), max(xs, default=1), integer=all(float(x).is_integer() for x in xs))
+    yt, ystep = nice_ticks(min(ys, default=0), max(ys, default=1))
+    label = lambda v, step: f"{v:.{max(0, -math.floor(math.log10(step) + 1e-9))}f}"   # as many decimals as the step
+    left = x0 + 24 + 6.5 * max(len(label(v, ystep)) for v in yt)   # room for the y tick labels and the y label
     out = [f'<text x="{x0 + w / 2}" y="{y0 + 18}" text-anchor="middle" font-size="13">{escape(panel["title"])}</text>']
     # the legend: one entry per series, left to right under the title, a new row when one is full
-    lx, ly = x0 + 60, y0 + 36
+    lx, ly = left, y0 + 36
     for i, (name, _, style) in enumerate(series):
         entry_w = 30 + 6.5 * len(name)
-        if lx + entry_w > x0 + w - 10 and lx > x0 + 60:
-            lx, ly = x0 + 60, ly + 15
+        if lx + entry_w > x0 + w - 10 and lx > left:
+            lx, ly = left, ly + 15
         c = COLORS[i % len(COLORS)]
         if "line" in style:
             out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 18}" y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
@@ -437,10 +442,9 @@ def chart_panel(panel, x0, y0, w, h):
         out.append(f'<text x="{lx + 23}" y="{ly}">{escape(name)}</text>')
         lx += entry_w
     # the plot area and the maps from values to pixels
-    left, right, top, bottom = x0 + 60, x0 + w - 15, ly + 12, y0 + h - 42
+    right, top, bottom = x0 + w - 15, ly + 12, y0 + h - 42
     sx = lambda x: left + (right - left) * (x - xt[0]) / (xt[-1] - xt[0])
     sy = lambda y: bottom - (bottom - top) * (y - yt[0]) / (yt[-1] - yt[0])
-    label = lambda v, step: f"{v:.{max(0, -math.floor(math.log10(step) + 1e-9))}f}"   # as many decimals as the step
     for v in xt:
         out.append(f'<line x1="{sx(v):.1f}" y1="{top}" x2="{sx(v):.1f}" y2="{bottom + 4}" stroke="#ddd"/>')
         out.append(f'<text x="{sx(v):.1f}" y="{bottom + 16}" text-anchor="middle">{label(v, xstep)}</text>')
@@ -457,13 +461,14 @@ def chart_panel(panel, x0, y0, w, h):
         if "line" in style and len(pts) > 1:
             xy = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
             out.append(f'<polyline points="{xy}" fill="none" stroke="{c}" stroke-width="1.5"/>')
-        if "dots" in style:
+        if "dots" in style or len(pts) == 1:   # a line of one point is a dot
             out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{c}"/>' for x, y in pts]
         out.append("</g>")
     for x, y, text in markers:
         px, py = sx(x), sy(y)
         out.append(f'<path d="M{px:.1f},{py - 5:.1f} l5,5 l-5,5 l-5,-5 z" fill="black"/>')
-        out.append(f'<text x="{px + 8:.1f}" y="{py - 5:.1f}">{escape(text)}</text>')
+        side = (px + 8, "start") if px < (left + right) / 2 else (px - 8, "end")   # the label stays inside
+        out.append(f'<text x="{side[0]:.1f}" y="{py - 5:.1f}" text-anchor="{side[1]}">{escape(text)}</text>')
     return out
 
 

@@ -4,10 +4,12 @@
     python pipeline.py --quick              # tiny settings on a slice of the corpus, into out/quick/ (about a minute)
 
 Each stage is its script's main() with the flags below, so `python pipeline.py` does exactly what the
-five commands in the README do one by one; --out-dir only moves where every checkpoint goes.
+five commands in the README do one by one; --out-dir only moves where every checkpoint goes. It ends with
+<out-dir>/summary.md: each stage's time, checkpoint, headline number and picture, and what to run next.
 """
 import argparse
 import gzip
+import math
 import os
 import time
 
@@ -28,6 +30,39 @@ QUICK = {
     "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2",
 }
 QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains on them in a second
+
+# the headline number of each stage, from what its main() returns
+HEADLINES = {
+    "pretrain": lambda m: f"validation loss {m['val_loss']:.3f} (perplexity {math.exp(m['val_loss']):.1f})",
+    "sft": lambda m: f"held-out labeler score {m['gold_score']:.3f}, {m['ended']:.0%} of responses ended",
+    "rm": lambda m: f"held-out pairwise accuracy {m['heldout_acc_gold']:.1%} vs the noise-free labeler",
+    "ppo": lambda m: f"held-out gold {m['heldout_gold']:.3f} (SFT {m['heldout_gold_sft']:.3f}) at a KL of "
+                     f"{m['heldout_kl']:.2f} nats per response",
+    "eval": lambda res: "the report card: " + ", ".join(f"{r['name']} {r['gold']:.3f}" for r in res["rows"]
+                                                        if r["name"] in ("sft", "best-of-16", "ppo")) + " (gold)",
+}
+
+
+def write_summary(path, records):
+    """summary.md: one row per stage record {stage, seconds, checkpoint, headline, picture} (paths relative to
+    the summary's folder, or empty), the total time, the pictures, and what to run next."""
+    d = os.path.dirname(os.path.abspath(path))
+    link = lambda p: f"[{os.path.basename(p)}]({os.path.relpath(p, d)})" if p else "—"
+    rows = [f"| {r['stage']} | {r['seconds']:.0f} s | {link(r['checkpoint'])} | {r['headline']} | {link(r['picture'])} |"
+            for r in records]
+    by_stage = {r["stage"]: r["checkpoint"] for r in records}
+    text = ["# Pipeline run", "", "| stage | time | checkpoint | headline | picture |", "|---|---|---|---|---|", *rows,
+            "", f"Total {sum(r['seconds'] for r in records) / 60:.1f} min.", "",
+            *[f"![{r['stage']}]({os.path.relpath(r['picture'], d)})\n" for r in records if r["picture"]],
+            "## What to run next", "",
+            f"- talk to the PPO policy: `python chat.py --ckpt {by_stage.get('ppo', 'out/ppo.pt')}`",
+            f"- rank samples yourself, then train a reward model on your rankings: `python label.py --ckpt "
+            f"{by_stage.get('sft', 'out/sft.pt')} --out my_rankings.jsonl`, `python train_rm.py --data my_rankings.jsonl`",
+            f"- train any stage longer: `python train_pretrain.py --resume --out {by_stage.get('pretrain', 'out/pretrain.pt')}"
+            f" --max-iters 1000` (its other flags come from the checkpoint)", ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(text))
+    return path
 
 
 def main(argv=None):
@@ -54,16 +89,20 @@ def main(argv=None):
         ("ppo", train_ppo.main, ["--init", ckpt("sft"), "--reward", ckpt("rm"), "--out", ckpt("ppo")]),
         ("eval", evaluate.main, ["--out-dir", d]),
     ]
-    times, t_start = {}, time.time()
+    times, t_start, records = {}, time.time(), []
     for name, stage_main, stage_args in stages:
         print(f"\n=== {name}: python {stage_main.__module__}.py {' '.join(stage_args)}"
               f"{' (+ quick settings)' if args.quick else ''}", flush=True)
         t0 = time.time()
-        stage_main(stage_args + (QUICK[name].split() if args.quick else []))
+        result = stage_main(stage_args + (QUICK[name].split() if args.quick else []))
         times[name] = time.time() - t0
         print(f"=== {name} done in {times[name]:.0f}s", flush=True)
+        checkpoint = ckpt(name) if name != "eval" else os.path.join(d, "eval.md")
+        picture = os.path.splitext(ckpt(name))[0] + ".svg" if name != "eval" else result["chart"]
+        records.append({"stage": name, "seconds": times[name], "checkpoint": checkpoint, "headline": HEADLINES[name](result),
+                        "picture": picture if picture and os.path.exists(picture) else ""})
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) +
-          f"; total {(time.time() - t_start) / 60:.1f} min")
+          f"; total {(time.time() - t_start) / 60:.1f} min; summary: {write_summary(os.path.join(d, 'summary.md'), records)}")
     return times
 
 

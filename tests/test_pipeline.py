@@ -2,6 +2,7 @@
 import json
 import time
 
+from conftest import read_chart
 import pipeline
 
 
@@ -18,4 +19,12 @@ def test_quick_pipeline_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert set(res["perplexity"]) == {"pretrain", "sft", "ppo"} and res["ppo_curve"] and res["chart"]
     out = capsys.readouterr().out
     assert "| model | gold ± se |" in out and "stage times:" in out
+    # summary.md: a row per stage with its headline, links to every stage's picture, what to run next
+    summary = (tmp_path / "summary.md").read_text()
+    for stage in ("pretrain", "sft", "rm", "ppo", "eval"):
+        assert f"| {stage} | " in summary
+    for stage in ("pretrain", "sft", "rm", "ppo"):
+        assert f"[{stage}.svg]({stage}.svg)" in summary and f"![{stage}]({stage}.svg)" in summary
+        read_chart(tmp_path / f"{stage}.svg")   # each parses as XML
+    assert "validation loss" in summary and "pairwise accuracy" in summary and "python chat.py --ckpt" in summary
     print(f"quick pipeline: {time.time() - t0:.0f}s")

@@ -136,3 +136,8 @@ def test_ctrl_c_saves_and_resume_needs_only_the_new_max_iters(tmp_path, corpus, 
     assert [y for _, y in series["training loss"]] == pytest.approx([r["loss"] for r in log if "loss" in r], rel=1e-5)
     assert [x for x, _ in series["validation loss"]] == [r["step"] for r in log if "val_loss" in r]
     assert {"step", "loss (nats per token)", "pretraining"} <= set(texts)
+
+
+def test_a_run_too_short_for_its_warmup_says_so(tmp_path, corpus, capsys):
+    run(tmp_path, corpus, "--max-iters", "3", "--warmup-iters", "5")
+    assert "warning: --warmup-iters 5 is longer than the run (3 steps)" in capsys.readouterr().err
