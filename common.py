@@ -1,7 +1,8 @@
-"""What every stage shares: errors, device and precision, checkpoints, the reward model's reader, logging, DDP.
+"""What every stage shares: errors, flags, device and precision, checkpoints, the reward model's reader,
+logging, Ctrl-C, pictures (SVG charts), DDP.
 
-Each training script imports these instead of writing its own, so a checkpoint written by
-one stage is read the same way by every other one.
+Each training script imports these instead of writing its own, so a checkpoint written by one stage is read
+the same way by every other one, and every stage's flags are explained and checked the same way (parse_config).
 """
 import argparse
 import contextlib
@@ -321,7 +322,8 @@ class Log:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             if resume_at is not None and os.path.exists(path):
                 with open(path) as f:
-                    self.records = [r for r in map(json.loads, filter(str.strip, f)) if r.get(key, math.inf) <= resume_at]
+                    records = [json.loads(line) for line in f if line.strip()]
+                self.records = [r for r in records if r.get(key, math.inf) <= resume_at]
             with open(path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
 

@@ -43,23 +43,33 @@ HEADLINES = {
 }
 
 
+def stage_record(stage, seconds, result, checkpoint):
+    """A stage's row of the summary: result is what its main() returned; its picture lies next to its checkpoint
+    (eval: its report, with the chart it names)."""
+    picture = result["chart"] if stage == "eval" else os.path.splitext(checkpoint)[0] + ".svg"
+    return {"stage": stage, "seconds": seconds, "checkpoint": checkpoint, "headline": HEADLINES[stage](result),
+            "picture": picture if picture and os.path.exists(picture) else ""}
+
+
 def write_summary(path, records):
     """summary.md: one row per stage record {stage, seconds, checkpoint, headline, picture} (paths relative to
     the summary's folder, or empty), the total time, the pictures, and what to run next."""
     d = os.path.dirname(os.path.abspath(path))
     link = lambda p: f"[{os.path.basename(p)}]({os.path.relpath(p, d)})" if p else "—"
-    rows = [f"| {r['stage']} | {r['seconds']:.0f} s | {link(r['checkpoint'])} | {r['headline']} | {link(r['picture'])} |"
-            for r in records]
-    by_stage = {r["stage"]: r["checkpoint"] for r in records}
+    rows = [f"| {r['stage']} | {r['seconds']:.0f} s | {link(r['checkpoint'])} | {r['headline']} | "
+            f"{link(r['picture'])} |" for r in records]
+    ckpt = {r["stage"]: r["checkpoint"] for r in records}
     text = ["# Pipeline run", "", "| stage | time | checkpoint | headline | picture |", "|---|---|---|---|---|", *rows,
             "", f"Total {sum(r['seconds'] for r in records) / 60:.1f} min.", "",
             *[f"![{r['stage']}]({os.path.relpath(r['picture'], d)})\n" for r in records if r["picture"]],
             "## What to run next", "",
-            f"- talk to the PPO policy: `python chat.py --ckpt {by_stage.get('ppo', 'out/ppo.pt')}`",
+            f"- talk to the PPO policy: `python chat.py --ckpt {ckpt.get('ppo', 'out/ppo.pt')}`",
             f"- rank samples yourself, then train a reward model on your rankings: `python label.py --ckpt "
-            f"{by_stage.get('sft', 'out/sft.pt')} --out my_rankings.jsonl`, `python train_rm.py --data my_rankings.jsonl`",
-            f"- train any stage longer: `python train_pretrain.py --resume --out {by_stage.get('pretrain', 'out/pretrain.pt')}"
-            f" --max-iters 1000` (its other flags come from the checkpoint)", ""]
+            f"{ckpt.get('sft', 'out/sft.pt')} --out my_rankings.jsonl`, then "
+            f"`python train_rm.py --data my_rankings.jsonl`",
+            f"- train a stage longer: `python train_pretrain.py --resume --out "
+            f"{ckpt.get('pretrain', 'out/pretrain.pt')} --max-iters 1000` (the other flags come from its checkpoint)",
+            ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(text))
     return path
@@ -97,12 +107,11 @@ def main(argv=None):
         result = stage_main(stage_args + (QUICK[name].split() if args.quick else []))
         times[name] = time.time() - t0
         print(f"=== {name} done in {times[name]:.0f}s", flush=True)
-        checkpoint = ckpt(name) if name != "eval" else os.path.join(d, "eval.md")
-        picture = os.path.splitext(ckpt(name))[0] + ".svg" if name != "eval" else result["chart"]
-        records.append({"stage": name, "seconds": times[name], "checkpoint": checkpoint, "headline": HEADLINES[name](result),
-                        "picture": picture if picture and os.path.exists(picture) else ""})
+        report = os.path.join(d, "eval.md")
+        records.append(stage_record(name, times[name], result, report if name == "eval" else ckpt(name)))
+    summary = write_summary(os.path.join(d, "summary.md"), records)
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) +
-          f"; total {(time.time() - t_start) / 60:.1f} min; summary: {write_summary(os.path.join(d, 'summary.md'), records)}")
+          f"; total {(time.time() - t_start) / 60:.1f} min; {summary}")
     return times
 
 

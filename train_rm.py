@@ -300,8 +300,8 @@ def main(argv=None):
     metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias,
                **{f"heldout_{k}": v for k, v in evaluate(model, eval_rankings, device, ctx).items()}}
     log(metrics, "held-out  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, step=math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs,
-                    args=asdict(cfg), metrics=metrics, rm_gain=gain, rm_bias=bias)
+    save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, args=asdict(cfg), metrics=metrics, rm_gain=gain,
+                    rm_bias=bias, step=math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs)
     rm_chart(picture, log.records, metrics)
     if cfg.data:
         print(f"held-out pairwise accuracy {metrics['heldout_acc_noisy']:.1%} on {len(eval_rankings)} of your "

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 import labeler
-from common import (Log, autocast, ctrl_c_stops, ddp_cleanup, ddp_setup, fail, flag, interrupted, load_checkpoint, load_model,
-                    parse_config, pick_device, run_script, save_checkpoint, svg_chart)
+from common import (Log, autocast, ctrl_c_stops, ddp_cleanup, ddp_setup, fail, flag, interrupted, load_checkpoint,
+                    load_model, parse_config, pick_device, run_script, save_checkpoint, svg_chart)
 from data import encode_example, load_demonstrations, read_corpus, response_text, sample_responses
 from gpt import left_pad
 from train_pretrain import LoopConfig, lm_loss, loss_panel, train
@@ -87,7 +87,8 @@ def main(argv=None):
     if cfg.data:
         pairs = load_demonstrations(cfg.data)
     else:
-        pairs = [(d["prompt"], d["response"]) for d in labeler.demonstrations(read_corpus(cfg.corpus), cfg.n_demos, cfg.seed)]
+        demos = labeler.demonstrations(read_corpus(cfg.corpus), cfg.n_demos, cfg.seed)
+        pairs = [(d["prompt"], d["response"]) for d in demos]
     if len(pairs) < 2:
         fail(f"--data {cfg.data or cfg.corpus}: need at least 2 demonstrations, found {len(pairs)}")
     random.Random(cfg.seed).shuffle(pairs)
