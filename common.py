@@ -237,6 +237,17 @@ def load_checkpoint(path, stages=None, flag="--init"):
     return ckpt
 
 
+def load_resume(cfg, stage):
+    """The checkpoint --resume continues (None without --resume): cfg.out, holding its optimizer's state."""
+    if not cfg.resume:
+        return None
+    ckpt = load_checkpoint(cfg.out, (stage,), flag="--resume")
+    if "optimizer" not in ckpt:
+        fail(f"--resume {cfg.out}: holds no optimizer state (a finished run), so it cannot be continued; "
+             f"train anew with another --out")
+    return ckpt
+
+
 def load_model(path, stages=None, device="cpu", flag="--init"):
     """Checkpoint -> (GPT, Tokenizer, checkpoint dict): the loader for a policy (or any trunk)."""
     ckpt = load_checkpoint(path, stages, flag)

@@ -20,7 +20,7 @@ import torch
 
 import tokenizer as bpe
 from common import (Log, RunConfig, autocast, cosine_lr, ctrl_c_stops, ddp_cleanup, ddp_setup, eta, eval_mode, fail,
-                    flag, interrupted, load_checkpoint, parse_config, pick_device, run_script, save_checkpoint,
+                    flag, interrupted, load_resume, parse_config, pick_device, run_script, save_checkpoint,
                     svg_chart, warn_warmup)
 from data import cached_tokens, get_lm_batch, read_corpus
 from gpt import GPT, GPTConfig
@@ -106,6 +106,19 @@ def loss_panel(records, title):
                         "line+dots")]}
 
 
+def loop_start(model, cfg, ckpt, rank=0):
+    """(optimizer, step) where train() starts: a resumed run (ckpt) gets back its weights, optimizer state and step."""
+    model.scalar_head.requires_grad_(False)   # unused by the LM loss (and DDP insists every weight gets a grad)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, eps=1e-8)
+    if ckpt is None:
+        return optimizer, 0
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if rank == 0:
+        print(f"resuming from step {ckpt['step']}")
+    return optimizer, ckpt["step"]
+
+
 def train(model, optimizer, cfg, get_batch, evaluate, save, log, step=0, rank=0, world=1, metrics=None, stop=None):
     """The training loop shared by pretraining and SFT; cfg is a LoopConfig (PretrainConfig, SFTConfig).
 
@@ -165,9 +178,7 @@ def main(argv=None):
              f"head size, not {cfg.n_embd // cfg.n_head}")
     rank, world, device = ddp_setup(pick_device(cfg.device))
     log_dir = os.path.dirname(os.path.abspath(cfg.out))
-    ckpt = load_checkpoint(cfg.out, ("pretrain",), flag="--resume") if cfg.resume else None
-    if ckpt is not None and "optimizer" not in ckpt:
-        fail(f"--resume {cfg.out}: has no optimizer state, so it cannot be continued (train anew with another --out)")
+    ckpt = load_resume(cfg, "pretrain")
     saved_tok = bpe.Tokenizer.from_state_dict(ckpt["tokenizer"]) if ckpt else None
     if rank == 0:
         tok, tokens = prepare_tokens(cfg, log_dir, saved_tok)
@@ -185,15 +196,7 @@ def main(argv=None):
     model_cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos=cfg.pos, mlp=cfg.mlp)
     model = GPT(model_cfg).to(device)
-    model.scalar_head.requires_grad_(False)   # unused by the LM loss (and DDP insists every weight gets a grad)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, eps=1e-8)
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        if rank == 0:
-            print(f"resuming from step {step}")
+    optimizer, step = loop_start(model, cfg, ckpt, rank)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     if rank == 0:

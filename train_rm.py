@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import labeler
 from common import (POLICY_STAGES, Log, RunConfig, autocast, check_tokenizer, cosine_lr, ctrl_c_stops, eta, fail,
-                    flag, interrupted, load_checkpoint, load_model, parse_config, pick_device, run_script,
+                    flag, interrupted, load_resume, load_model, parse_config, pick_device, run_script,
                     save_checkpoint, score_all, score_seqs, single_process, svg_chart, warn, warn_warmup)
 from data import encode_prompt, load_rankings, response_text, sample_responses
 
@@ -229,9 +229,7 @@ def rm_chart(path, records, metrics):
 def main(argv=None):
     single_process("train_rm.py")
     cfg = parse_config(RMConfig, __doc__, argv, stage="rm")
-    ckpt = load_checkpoint(cfg.out, ("rm",), flag="--resume") if cfg.resume else None
-    if ckpt is not None and "optimizer" not in ckpt:
-        fail(f"--resume {cfg.out}: a finished run (only an interrupted one can be continued); train anew")
+    ckpt = load_resume(cfg, "rm")   # an interrupted run: a finished one keeps no optimizer state
     device = pick_device(cfg.device)
     ctx = autocast(device, cfg.precision)
     torch.manual_seed(cfg.seed)

@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 import labeler
-from common import (Log, autocast, ctrl_c_stops, ddp_cleanup, ddp_setup, fail, flag, interrupted, load_checkpoint,
+from common import (Log, autocast, ctrl_c_stops, ddp_cleanup, ddp_setup, fail, flag, interrupted, load_resume,
                     load_model, parse_config, pick_device, run_script, save_checkpoint, svg_chart)
 from data import encode_example, load_demonstrations, read_corpus, response_text, sample_responses
 from gpt import left_pad
-from train_pretrain import LoopConfig, lm_loss, loss_panel, train
+from train_pretrain import LoopConfig, lm_loss, loop_start, loss_panel, train
 
 
 @dataclass
@@ -80,9 +80,7 @@ def sample_panel(records):
 def main(argv=None):
     cfg = parse_config(SFTConfig, __doc__, argv, stage="sft")
     rank, world, device = ddp_setup(pick_device(cfg.device))
-    ckpt = load_checkpoint(cfg.out, ("sft",), flag="--resume") if cfg.resume else None
-    if ckpt is not None and "optimizer" not in ckpt:
-        fail(f"--resume {cfg.out}: has no optimizer state, so it cannot be continued (train anew with another --out)")
+    ckpt = load_resume(cfg, "sft")
     model, tok, init_ckpt = load_model(cfg.init, ("pretrain", "sft"), device)
     if cfg.data:
         pairs = load_demonstrations(cfg.data)
@@ -114,15 +112,7 @@ def main(argv=None):
         samples = sample_eval(model, tok, eval_prompts, cfg, device, labeler_task) if eval_prompts else {}
         return {"val_loss": lm_loss(model, lambda i: val_batches[i], len(val_batches), ctx), **samples}
 
-    model.scalar_head.requires_grad_(False)   # the LM loss does not use it
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, eps=1e-8)
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        if rank == 0:
-            print(f"resuming from step {step}")
+    optimizer, step = loop_start(model, cfg, ckpt, rank)
     log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", enabled=rank == 0, resume_at=step if ckpt else None)
 
     def save(step, metrics):
