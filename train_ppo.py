@@ -9,7 +9,7 @@ turns the scores into per-token rewards with a KL penalty against the reference 
 eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps.
 
 Output: the LAST policy in --out (stage "ppo", with its optimizer and beta for --resume; also
-saved every --save-interval iterations). Picking the "best" iteration by reward-model score would
+saved every --save-interval iterations, and when Ctrl-C stops it; --resume continues it). Picking the "best" iteration by reward-model score would
 select for reward over-optimization, and picking by gold score would peek at the test, so we
 don't. One JSON line per iteration goes to the .log.jsonl next to --out (out/ppo.log.jsonl):
     iter, score (the reward actually used: RM score, or --no-end-penalty when no <|end|>),
@@ -17,6 +17,7 @@ don't. One JSON line per iteration goes to the .log.jsonl next to --out (out/ppo
     model per response, nats), beta, entropy, approx_kl, clip_frac, pg_loss, vf_loss,
     resp_len (tokens, <|end|> included), ended (share that wrote <|end|>), lr,
     t_rollout, t_update (seconds of this iteration), time (seconds since the start).
+Its picture, next to it (out/ppo.svg): RM and gold score, KL and beta per iteration.
 At the end, --eval-samples responses to the held-out prompts from the PPO policy and from the SFT
 model get gold and RM scores (stored in the checkpoint's metrics as heldout_*). Prompts of a
 --prompts file that the labeler cannot parse (labeler.parse_prompt) have no gold score: "gold"
