@@ -230,12 +230,12 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(tmp_path, tiny_tok):
     from conftest import ROOT, interrupt, interrupted_at, read_chart
     sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
     out = tmp_path / "rm.pt"
-    flags = tiny_flags(tmp_path, sft, "--n-prompts", "30", "--batch-size", "1", "--epochs", "30")
-    rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_rm.py"), *flags], "step 20/", tmp_path)
+    flags = tiny_flags(tmp_path, sft, "--n-prompts", "20", "--batch-size", "1", "--epochs", "50")
+    rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_rm.py"), *flags], "step 10/", tmp_path)
     step = interrupted_at(rc, stderr, out)
     assert "rm_gain" not in torch.load(out, weights_only=True)   # not normalized yet: PPO refuses it, saying why
     assert "finish it with python train_rm.py --resume" in error_of(common.load_reward_model, str(out))
-    metrics = train_rm.main(["--resume", "--out", str(out), "--epochs", "2"])   # a shorter run: 2 epochs, not 30
+    metrics = train_rm.main(["--resume", "--out", str(out), "--epochs", "2"])   # a shorter run: 2 epochs, not 50
     ckpt = torch.load(out, weights_only=True)
     assert "rm_gain" in ckpt and ckpt["step"] == 2 * metrics["rankings"] > step and ckpt["args"]["k"] == 3
     log = [json.loads(line) for line in open(tmp_path / "rm.log.jsonl")]
