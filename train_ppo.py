@@ -9,9 +9,10 @@ turns the scores into per-token rewards with a KL penalty against the reference 
 eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps.
 
 Output: the LAST policy in --out (stage "ppo", with its optimizer and beta for --resume; also
-saved every --save-interval iterations, and when Ctrl-C stops it). Picking the "best" iteration
-by reward-model score would select for reward over-optimization, and picking by gold score would
-peek at the test, so we don't. One JSON line per iteration goes to the .log.jsonl next to --out (out/ppo.log.jsonl):
+saved every --save-interval iterations, and when Ctrl-C stops it). Picking the "best" iteration by
+reward-model score would select for reward over-optimization, and picking by gold score would peek
+at the test, so we don't. One JSON line per iteration goes to the .log.jsonl next to --out
+(out/ppo.log.jsonl):
     iter, score (the reward actually used: RM score, or --no-end-penalty when no <|end|>),
     rm (mean normalized RM score), gold (mean simulated-labeler score), kl (mean KL to the SFT
     model per response, nats), beta, entropy, approx_kl, clip_frac, pg_loss, vf_loss,
