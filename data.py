@@ -62,50 +62,62 @@ def get_lm_batch(tokens, batch_size, block_size, generator, device):
     return rows[:, :-1].to(device), rows[:, 1:].to(device), None
 
 
-# ----------------------------------------------------------------------------- JSON Lines
+# ----------------------------------------------------------------------------- JSON Lines (or one array)
 def read_jsonl(path, flag="--data"):
-    """Every non-blank line must be a JSON object; a bad one is an error naming file and line."""
+    """JSON Lines (every non-blank line one JSON object), or one JSON array of objects, the way
+    Alpaca ships alpaca_data.json. Returns [(where, record)]: `where` names the file and line
+    ("demos.jsonl:3") or the array's item ("alpaca.json[2]", counted from 0 as jq does), so that
+    a bad record is an error pointing at it."""
     if not os.path.isfile(path):
         fail(f"{flag} {path}: no such file")
-    records = []
     with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                line = line.decode("utf-8")
-            except UnicodeDecodeError:
-                fail(f"{path}:{n}: not UTF-8 text")
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        fail(f"{path}:{line}: not UTF-8 text")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            fail(f"{path}:{e.lineno}: not valid JSON ({e.msg}), reading the file as one JSON array")
+        records = [(f"{path}[{i}]", rec) for i, rec in enumerate(items)]
+    else:
+        records = []
+        for n, line in enumerate(text.split("\n"), 1):   # not splitlines(): JSON strings may hold U+2028
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                records.append((f"{path}:{n}", json.loads(line)))
             except json.JSONDecodeError as e:
                 fail(f"{path}:{n}: not valid JSON ({e.msg})")
-            if not isinstance(rec, dict):
-                fail(f"{path}:{n}: expected a JSON object")
-            records.append((n, rec))
+    for where, rec in records:
+        if not isinstance(rec, dict):
+            fail(f"{where}: expected a JSON object")
     if not records:
         fail(f"{flag} {path}: the file holds no records")
     return records
 
 
-def _text(rec, key, path, n):
+def _text(rec, key, where):
     value = rec.get(key)
     if not isinstance(value, str):
-        fail(f"{path}:{n}: field {key!r} must be a string")
+        fail(f"{where}: field {key!r} must be a string")
     return value
 
 
 def load_demonstrations(path):
     """{"prompt","response"} records, or Alpaca {"instruction","input","output"}."""
     out = []
-    for n, rec in read_jsonl(path):
+    for where, rec in read_jsonl(path):
         if "instruction" in rec:  # Alpaca: the optional input goes after the instruction
-            prompt = _text(rec, "instruction", path, n)
+            prompt = _text(rec, "instruction", where)
             if rec.get("input"):
-                prompt += "\n\n" + _text(rec, "input", path, n)
-            out.append((prompt, _text(rec, "output", path, n)))
+                prompt += "\n\n" + _text(rec, "input", where)
+            out.append((prompt, _text(rec, "output", where)))
         else:
-            out.append((_text(rec, "prompt", path, n), _text(rec, "response", path, n)))
+            out.append((_text(rec, "prompt", where), _text(rec, "response", where)))
     return out
 
 
@@ -113,26 +125,34 @@ def load_rankings(path):
     """K-wise {"prompt","responses":[best,...,worst]} or pairs {"prompt","chosen","rejected"}
     (a pair is a ranking with K=2). Returns [(prompt, [best, ..., worst])]."""
     out = []
-    for n, rec in read_jsonl(path):
-        prompt = _text(rec, "prompt", path, n)
+    for where, rec in read_jsonl(path):
+        prompt = _text(rec, "prompt", where)
         if "responses" in rec:
             responses = rec["responses"]
             if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-                fail(f"{path}:{n}: 'responses' must be a list of strings")
+                fail(f"{where}: 'responses' must be a list of strings")
         elif "chosen" in rec:
-            responses = [_text(rec, "chosen", path, n), _text(rec, "rejected", path, n)]
+            responses = [_text(rec, "chosen", where), _text(rec, "rejected", where)]
         else:
-            fail(f"{path}:{n}: expected 'responses' (a ranking) or 'chosen'/'rejected' (a pair)")
+            fail(f"{where}: expected 'responses' (a ranking) or 'chosen'/'rejected' (a pair)")
         if len(responses) < 2:
-            fail(f"{path}:{n}: a ranking needs at least 2 responses, got {len(responses)}")
+            fail(f"{where}: a ranking needs at least 2 responses, got {len(responses)}")
         if len(set(responses)) < len(responses):
-            fail(f"{path}:{n}: the ranking holds the same response twice")
+            fail(f"{where}: the ranking holds the same response twice")
         out.append((prompt, responses))
     return out
 
 
 def load_prompts(path, flag="--data"):
-    return [_text(rec, "prompt", path, n) for n, rec in read_jsonl(path, flag)]
+    return [_text(rec, "prompt", where) for where, rec in read_jsonl(path, flag)]
+
+
+def write_jsonl(path, records):
+    """One JSON object per line, UTF-8, written atomically (common.write_atomically)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    write_atomically(path, write)
 
 
 # ----------------------------------------------------------------------------- chat template

@@ -1,6 +1,7 @@
 """Evaluation: the report card that shows what each stage bought.
 
-    python eval.py                          # every checkpoint found in out/ (pretrain, sft, ppo; rm.pt scores)
+    python eval.py                          # every checkpoint found in out/ (pretrain, sft, ppo, the rounds in
+                                            # out/round*/; rm.pt scores)
     python eval.py --ppo other/ppo.pt       # any checkpoint can be named; --out-dir says where to write
 
 On the simulated labeler's held-out prompts (topic/tone pairs no stage trained on), each prompt
@@ -20,10 +21,14 @@ tokens, so it rambles and never ends. Extra rows:
           finished that sentence (GPT-3's evaluations stop generation at a stop sequence the same way).
   best-of-N: N SFT samples per prompt, the RM picks one (N = 1 is the SFT row itself). KL is the analytic
           log N - (N-1)/N of best-of-N sampling (Stiennon et al. 2020; an upper bound). The baseline PPO must beat.
+  ppo (round r): the policy of each earlier RLHF round (pipeline.py --rounds), found in <out-dir>/round<r>/.
 Also: validation perplexity on the corpus's held-out tail (the split train_pretrain.py trained without),
-the RM's pairwise accuracy on fresh held-out rankings (train_rm.evaluate), sample responses side by side,
-and the over-optimization chart: RM and gold score against KL over the PPO run, from its .log.jsonl.
-Writes <out-dir>/eval.md, eval.json and the chart (PNG with matplotlib, else a hand-written SVG).
+the RM's pairwise accuracy on fresh held-out rankings of SFT samples and of the final policy's samples
+(train_rm.evaluate), the per-round table, sample responses side by side, and the gold-vs-KL picture of Gao
+et al. 2022 ("Scaling laws for reward model overoptimization"): best-of-N for every N in BEST_OF, every PPO
+iteration of every round (from its .log.jsonl: rollouts on training prompts, scored by that round's RM) and
+each round's policy on the held-out prompts, against KL to SFT, for the gold score and for the RM score.
+Writes <out-dir>/eval.md, eval.json (with the numbers behind the picture) and eval_gold_kl.svg.
 main() runs the phases at the end of this file: load, samples, KL, RM scores, gold scores, extras.
 """
 import json
@@ -36,14 +41,14 @@ import numpy as np
 import torch
 
 import labeler
-from common import (autocast, check_tokenizer, fail, flag, load_model, load_reward_model, parse_config,
-                    pick_device)
+from common import (autocast, check_tokenizer, fail, flag, load_checkpoint, load_model, load_reward_model,
+                    parse_config, pick_device, svg_chart)
 from data import (action_logprobs, cached_tokens, encode_prompt, get_lm_batch, pad_episodes, read_corpus,
                   response_text, sample_responses)
 from train_pretrain import lm_loss
 from train_rm import RMConfig, evaluate as rm_evaluate, sample_rankings
 
-BEST_OF = (1, 4, 16)
+BEST_OF = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass
@@ -54,13 +59,14 @@ class EvalConfig:
     ppo: str = ""
     rm: str = ""
     corpus: str = ""                   # perplexity and few-shot demos; empty: the pretrain checkpoint's --data
-    samples_per_prompt: int = flag(10, "x 9 held-out prompts = samples per row (best-of-16 draws 16 times that)",
+    samples_per_prompt: int = flag(20, "x 9 held-out prompts = samples per row (best-of-32 draws 32 times that)",
                                    "[1, inf)")
     temperature: float = 1.0           # the distribution PPO optimized (and its KL was measured at)
     max_new_tokens: int = flag(64, "longest response, in tokens", "[1, inf)")
     shots: int = 3                     # few-shot: at most this many demonstrations (fewer if the context is full)
     ppl_iters: int = 4                 # validation batches per model for the perplexity
-    rm_rankings: int = 16              # fresh held-out rankings of SFT samples for the RM's accuracy (one batch)
+    rm_rankings: int = flag(64, "fresh held-out rankings, of SFT's and of the final policy's samples, for the RM's "
+                                "accuracy", "[1, inf)")
     show: int = 3                      # prompts with samples side by side in the report
     seed: int = 1337
     device: str = "auto"
@@ -131,47 +137,25 @@ def read_ppo_curve(path):
     return curve
 
 
-def overopt_chart(records, path_stem):
-    """RM score and gold score against KL, one dot per PPO iteration (darker = later). matplotlib if it is
-    installed, else a small SVG written by hand (no new dependency). Returns the file written."""
-    kl = [r["kl"] for r in records]
-    panels = [("reward model score", [r["rm"] for r in records]), ("gold (labeler) score", [r["gold"] for r in records])]
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        plt = None
-    if plt is not None:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for ax, (title, ys) in zip(axes, panels):
-            ax.scatter(kl, ys, c=range(len(ys)), cmap="viridis", s=14)
-            ax.set(title=title, xlabel="KL to SFT per response (nats)")
-        fig.tight_layout()
-        fig.savefig(path_stem + ".png", dpi=120)
-        return path_stem + ".png"
-    W, H, L, B = 360, 260, 50, 40   # one panel's size, left and bottom margins
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H}" font-family="sans-serif" '
-           f'font-size="11"><rect width="100%" height="100%" fill="white"/>']
-    for k, (title, ys) in enumerate(panels):
-        x0 = k * W + L
-        pw, ph = W - L - 15, H - B - 30            # plot area, below a 30 px title
-        lo_x, hi_x, lo_y, hi_y = min(kl), max(kl), min(ys), max(ys)
-        sx = lambda v: x0 + 5 + (pw - 10) * (v - lo_x) / ((hi_x - lo_x) or 1)       # 5 px inside the axes
-        sy = lambda v: 35 + (ph - 10) * (1 - (v - lo_y) / ((hi_y - lo_y) or 1))
-        svg.append(f'<text x="{x0 + pw / 2}" y="18" text-anchor="middle" font-size="13">{title}</text>')
-        svg.append(f'<path d="M{x0},30 V{30 + ph} H{x0 + pw}" stroke="black" fill="none"/>')
-        for v in (lo_x, hi_x):
-            svg.append(f'<text x="{sx(v):.1f}" y="{30 + ph + 15}" text-anchor="middle">{v:.3g}</text>')
-        for v in (lo_y, hi_y):
-            svg.append(f'<text x="{x0 - 5}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
-        svg.append(f'<text x="{x0 + pw / 2}" y="{H - 8}" text-anchor="middle">KL to SFT per response (nats)</text>')
-        for i, (x, y) in enumerate(zip(kl, ys)):
-            svg.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="#1f5fa8" '
-                       f'fill-opacity="{0.2 + 0.8 * i / max(1, len(ys) - 1):.2f}"/>')
-    with open(path_stem + ".svg", "w") as f:
-        f.write("\n".join(svg + ["</svg>"]) + "\n")
-    return path_stem + ".svg"
+def gold_kl_chart(summary, rounds, path):
+    """Gao et al. 2022's picture, gold and RM score against KL to SFT: the best-of-N curve, the held-out point of
+    each round's policy, SFT at KL 0, and one dot per PPO iteration of every round (training rollouts). Returns
+    (path, the numbers behind it)."""
+    row = {r["name"]: r for r in summary}
+    best_of = [{"n": N, "kl": row[f"best-of-{N}"]["kl"], "gold": row[f"best-of-{N}"]["gold"],
+                "rm": row[f"best-of-{N}"]["rm"]} for N in BEST_OF]
+    policies = [{"round": r, "kl": row[name]["kl"], "gold": row[name]["gold"], "rm": row[name]["rm"]}
+                for r, name in enumerate(rounds, 1)]
+    panels = []
+    for key, what in (("gold", "gold (labeler) score"), ("rm", "reward model score")):
+        series = [(f"best-of-N, N = {BEST_OF[0]}..{BEST_OF[-1]}", [(b["kl"], b[key]) for b in best_of], "line+dots")]
+        series += [(f"PPO round {r} rollouts", [(c["kl"], c[key]) for c in curve], "dots")
+                   for r, curve in enumerate(rounds.values(), 1)]
+        markers = [(0.0, row["sft"][key], "SFT")] + [(p["kl"], p[key], f"PPO {p['round']}") for p in policies]
+        panels.append({"title": f"{what} vs KL", "xlabel": "KL to SFT per response (nats)", "ylabel": what,
+                       "series": series, "markers": markers})
+    svg_chart(path, panels)
+    return path, {"best_of": best_of, "ppo_heldout": policies, "ppo_iterations": list(rounds.values())}
 
 
 # ----------------------------------------------------------------------------- the report
@@ -197,9 +181,20 @@ def markdown(res):
                 f"vs the noise-free labeler; Spearman {a.get('spearman', float('nan')):.2f}" +
                 (f" (train_rm measured {t['acc_noisy']:.1%} and {t['acc_gold']:.1%} on its own held-out rankings)"
                  if {"acc_noisy", "acc_gold"} <= set(t := a["at_training"]) else "") + ".\n"]
+    if res["rm_accuracy"].get("on_ppo"):
+        a = res["rm_accuracy"]["on_ppo"]
+        out += [f"The same reward model on {a['rankings']} fresh held-out rankings of the final policy's samples: "
+                f"{a.get('acc_gold', float('nan')):.1%} vs the noise-free labeler.\n"]
+    if res["rounds"]:
+        out += ["| round | RM acc. on SFT samples | RM acc. on its policy's samples | PPO gold | KL | win vs SFT |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['round']} | {fmt(r['rm_acc_sft'], '.1%')} | {fmt(r['rm_acc_policy'], '.1%')} | {r['gold']:.3f} | "
+                f"{r['kl']:.2f} | {r['win_vs_sft']:.0%} |" for r in res["rounds"]]
+        out += ["", "RM accuracies are train_rm's, on its held-out rankings: of SFT samples, and of samples of the policy "
+                "that round's PPO starts from (round 1: SFT itself). PPO's numbers are this report's.\n"]
     if res["chart"]:
-        out += [f"Over-optimization: RM and gold score against KL over the PPO run, one dot per iteration, darker "
-                f"= later ({os.path.basename(res['chart'])}):\n\n![over-optimization]({os.path.basename(res['chart'])})\n"]
+        out += [f"Gold and RM score against KL to SFT: best-of-N, each round's policy, every PPO iteration "
+                f"({os.path.basename(res['chart'])}):\n\n![gold vs KL]({os.path.basename(res['chart'])})\n"]
     for ex in res["samples"]:
         out += [f"**{ex['prompt']}**\n", "| model | gold | response |", "|---|---|---|"]
         out += [f"| {name} | {g:.2f} | {text.replace('|', '/')} |" for name, (g, text) in ex["responses"].items()]
@@ -208,20 +203,34 @@ def markdown(res):
 
 
 # ----------------------------------------------------------------------------- the phases of main
+def earlier_rounds(out_dir):
+    """{"ppo (round r)": (policy path, RM path)} of the rounds before the last, as pipeline.py lays them out."""
+    found = {}
+    for name in os.listdir(out_dir):
+        where = os.path.join(out_dir, name)
+        if name.startswith("round") and name[5:].isdigit() and os.path.isfile(os.path.join(where, "ppo.pt")):
+            found[int(name[5:])] = (os.path.join(where, "ppo.pt"), os.path.join(where, "rm.pt"))
+    return {f"ppo (round {r})": found[r] for r in sorted(found)}
+
+
 def load_checkpoints(cfg, device):
-    """Returns (paths, policies: stage -> (model, ckpt), tok, common.load_reward_model's tuple or None)."""
+    """Returns (paths, policies: row name -> (model, ckpt), tok, common.load_reward_model's tuple or None).
+    The policies are pretrain, sft, ppo (the last round's) and the earlier rounds' ("ppo (round 1)", ...)."""
     paths = {}
     for stage in ("pretrain", "sft", "ppo", "rm"):   # named with a flag: must exist; else: if it is in out-dir
         path = getattr(cfg, stage) or os.path.join(cfg.out_dir, f"{stage}.pt")
         if getattr(cfg, stage) or os.path.isfile(path):
             paths[stage] = path
+    rounds = earlier_rounds(cfg.out_dir) if "ppo" in paths and not cfg.ppo else {}
+    paths.update({name: ppo for name, (ppo, _) in rounds.items()})
     policies, tok = {}, None
-    for stage in ("pretrain", "sft", "ppo"):
-        if stage in paths:
-            model, t, ckpt = load_model(paths[stage], (stage,), device, flag=f"--{stage}")
+    for name in ("pretrain", "sft", *rounds, "ppo"):
+        if name in paths:
+            stage = name.split()[0]
+            model, t, ckpt = load_model(paths[name], (stage,), device, flag=f"--{stage}")
             if tok is not None:
-                check_tokenizer(t, tok, f"--{stage} {paths[stage]}", "the other checkpoints'")
-            policies[stage], tok = (model.eval(), ckpt), t
+                check_tokenizer(t, tok, f"--{stage} {paths[name]}", "the other checkpoints'")
+            policies[name], tok = (model.eval(), ckpt), t
     if not policies:
         fail(f"--out-dir {cfg.out_dir}: no pretrain.pt, sft.pt or ppo.pt there (or name them with --pretrain/--sft/--ppo)")
     rm = None
@@ -266,8 +275,8 @@ def sample_rows(cfg, policies, tok, prompts, val_tokens, pool_size, device, ctx)
     if "sft" in policies:
         pool = sample(policies["sft"][0], pool_size)
         rows["sft"] = {"ids": pool[0]}
-    if "ppo" in policies:
-        rows["ppo"] = {"ids": sample(policies["ppo"][0])[0]}
+    for name in (name for name in policies if name.startswith("ppo")):
+        rows[name] = {"ids": sample(policies[name][0])[0]}
     return rows, pool
 
 
@@ -278,13 +287,12 @@ def add_kl(rows, policies, prompt_ids, temperature, ctx):
     train_ppo, or the KL is wrong). SFT's own is 0 by definition."""
     ref = policies["sft"][0]
     rows["sft"]["kl"] = [0.0] * len(prompt_ids)
-    for stage in ("pretrain", "ppo"):
-        if stage in policies:
-            idx, pad_mask, mask = pad_episodes(prompt_ids, rows[stage]["ids"], ref.lm_head.weight.device)
-            with ctx:
-                logp = action_logprobs(policies[stage][0](idx, pad_mask=pad_mask)[0], idx, temperature)
-                logp_ref = action_logprobs(ref(idx, pad_mask=pad_mask)[0], idx, temperature)
-            rows[stage]["kl"] = ((logp - logp_ref) * mask).sum(1).tolist()
+    for name in (name for name in policies if name != "sft"):
+        idx, pad_mask, mask = pad_episodes(prompt_ids, rows[name]["ids"], ref.lm_head.weight.device)
+        with ctx:
+            logp = action_logprobs(policies[name][0](idx, pad_mask=pad_mask)[0], idx, temperature)
+            logp_ref = action_logprobs(ref(idx, pad_mask=pad_mask)[0], idx, temperature)
+        rows[name]["kl"] = ((logp - logp_ref) * mask).sum(1).tolist()
 
 
 def add_rm_scores(rows, pool, reward, prompt_ids):
@@ -310,7 +318,7 @@ def summarize(rows, tok, prompts):
         r["texts"], r["ended"] = zip(*(response_text(tok, i) for i in r["ids"]))
         r["gold"] = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, r["texts"], r["ended"])]
     order = ["pretrain", "zero-shot", *[k for k in rows if k.startswith("few-shot")], "sft",
-             *[f"best-of-{N}" for N in BEST_OF], "ppo"]
+             *[f"best-of-{N}" for N in BEST_OF], *[k for k in rows if k.startswith("ppo (")], "ppo"]
     summary = []
     for name in (k for k in order if k in rows):
         r = rows[name]
@@ -325,9 +333,9 @@ def summarize(rows, tok, prompts):
 
 
 def extras(cfg, paths, policies, tok, rm, val_tokens, device, ctx):
-    """Phase 5: validation perplexities, the RM's pairwise accuracy on fresh held-out rankings of SFT samples
-    (ranked as train_rm ranked: its K, temperature and label noise, RMConfig's where the checkpoint does not
-    say), and the PPO run's over-optimization chart. Returns (perplexity, rm_accuracy, chart, curve)."""
+    """Phase 5: validation perplexities, and the RM's pairwise accuracy on fresh held-out rankings of SFT's
+    samples and of the final policy's (ranked as train_rm ranked: its K, temperature and label noise,
+    RMConfig's where the checkpoint does not say). Returns (perplexity, rm_accuracy)."""
     perplexity, rm_acc = {}, {}
     if val_tokens is not None:   # in batches of pretraining's size
         batch_size = policies["pretrain"][1]["args"].get("batch_size", 32)
@@ -338,15 +346,33 @@ def extras(cfg, paths, policies, tok, rm, val_tokens, device, ctx):
     if rm is not None and "sft" in policies:
         _, rm_model, _, rm_ckpt = rm
         a, held = {**asdict(RMConfig()), **rm_ckpt["args"]}, labeler.heldout_prompts()
-        rankings = sample_rankings(policies["sft"][0], tok, [held[i % len(held)] for i in range(cfg.rm_rankings)],
-                                   k=a["k"], temperature=a["temperature"], max_new_tokens=cfg.max_new_tokens,
-                                   label_noise=a["label_noise"], seed=cfg.seed + 1, device=device, ctx=ctx)[0]
-        rm_acc = {"rankings": len(rankings), **rm_evaluate(rm_model, rankings, device, ctx),
+        accuracy = lambda model: rm_evaluate(rm_model, sample_rankings(
+            model, tok, [held[i % len(held)] for i in range(cfg.rm_rankings)], k=a["k"], temperature=a["temperature"],
+            max_new_tokens=cfg.max_new_tokens, label_noise=a["label_noise"], seed=cfg.seed + 1, device=device,
+            ctx=ctx)[0], device, ctx)
+        rm_acc = {"rankings": cfg.rm_rankings, **accuracy(policies["sft"][0]),
                   "at_training": {k[8:]: v for k, v in rm_ckpt["metrics"].items() if k.startswith("heldout_")}}
-    log_path = os.path.splitext(paths["ppo"])[0] + ".log.jsonl" if "ppo" in paths else ""
-    curve = read_ppo_curve(log_path) if os.path.isfile(log_path) else []
-    chart = overopt_chart(curve, os.path.join(cfg.out_dir, "eval_overopt")) if curve else None
-    return perplexity, rm_acc, chart, curve
+        if "ppo" in policies:
+            rm_acc["on_ppo"] = {"rankings": cfg.rm_rankings, **accuracy(policies["ppo"][0])}
+    return perplexity, rm_acc
+
+
+def round_table(paths, summary):
+    """One line per RLHF round: its RM's held-out accuracy as train_rm measured it (on SFT's samples, and on
+    those of the policy its PPO starts from), its policy's gold, KL and win rate here; and every PPO iteration
+    of the round from its log. Returns (table, {row name: curve})."""
+    row = {r["name"]: r for r in summary}
+    names = [name for name in paths if name.startswith("ppo (")] + (["ppo"] if "ppo" in paths else [])
+    table, curves = [], {}
+    for r, name in enumerate(names, 1):
+        rm_path = os.path.join(os.path.dirname(paths[name]), "rm.pt") if name != "ppo" else paths.get("rm", "")
+        metrics = load_checkpoint(rm_path, ("rm",), flag="--rm")["metrics"] if os.path.isfile(rm_path) else {}
+        table.append({"round": r, "rm_acc_sft": metrics.get("heldout_acc_gold"),
+                      "rm_acc_policy": metrics.get("heldout_policy_acc_gold", metrics.get("heldout_acc_gold")),
+                      **{k: row[name][k] for k in ("gold", "kl", "rm", "win_vs_sft")}})
+        log_path = os.path.splitext(paths[name])[0] + ".log.jsonl"
+        curves[name] = read_ppo_curve(log_path) if os.path.isfile(log_path) else []
+    return table, curves
 
 
 # ----------------------------------------------------------------------------- main
@@ -368,13 +394,17 @@ def main(argv=None):
     if rm is not None:
         add_rm_scores(rows, pool, rm[0], prompt_ids)
     summary = summarize(rows, tok, prompts)
-    perplexity, rm_acc, chart, curve = extras(cfg, paths, policies, tok, rm, val_tokens, device, ctx)
+    perplexity, rm_acc = extras(cfg, paths, policies, tok, rm, val_tokens, device, ctx)
+    rounds, curves = round_table(paths, summary) if "sft" in rows and "ppo" in rows else ([], {})
+    chart, gold_kl = None, {}
+    if rounds and rm is not None:
+        chart, gold_kl = gold_kl_chart(summary, curves, os.path.join(cfg.out_dir, "eval_gold_kl.svg"))
 
     samples = [{"prompt": prompts[i], "responses": {s["name"]: (rows[s["name"]]["gold"][i], rows[s["name"]]["texts"][i])
                                                     for s in summary}} for i in range(min(cfg.show, len(prompts)))]
     res = {"settings": {**asdict(cfg), "samples": len(prompts), "checkpoints": paths}, "rows": summary,
-           "perplexity": perplexity, "rm_accuracy": rm_acc, "samples": samples, "ppo_curve": curve,
-           "chart": chart, "seconds": time.time() - t_start}
+           "perplexity": perplexity, "rm_accuracy": rm_acc, "rounds": rounds, "gold_kl": gold_kl,
+           "samples": samples, "chart": chart, "seconds": time.time() - t_start}
     report = markdown(res)
     with open(os.path.join(cfg.out_dir, "eval.md"), "w", encoding="utf-8") as f:
         f.write(report)

@@ -256,7 +256,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def _decode(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                generator=None, use_cache=True):
+                generator=None, use_cache=True, sample=None):
         """The one decoding loop behind generate() and stream(). Yields, each step, (token (B,), logprob (B,),
         live (B,)): live says which rows were still going, i.e. whose token counts. Rows are left-padded.
         A row stops after its stop_token, after max_new_tokens, or when its sequence fills block_size (the
@@ -269,7 +269,10 @@ class GPT(nn.Module):
             row 0   . . p p p | a b E x x      real[0] = 0 0 1 1 1 | 1 1 0 0 0
             row 1   p p p p p | c d e f g      real[1] = 1 1 1 1 1 | 1 1 1 1 1
         The KV cache holds every column, so cache.len is shared; a token's position is its own row's count of
-        real tokens before it (row 0's `a` is at 3 = lens[0] + t). budget: new tokens each row may have."""
+        real tokens before it (row 0's `a` is at 3 = lens[0] + t). budget: new tokens each row may have.
+        sample(logits (B,V)) -> (token, logprob) replaces _sample and its settings, for a server whose rows
+        each have their own."""
+        sample = sample or (lambda logits: self._sample(logits, temperature, top_k, top_p, generator))
         if not prompts:
             return
         device, block_size = self.wte.weight.device, self.config.block_size
@@ -284,7 +287,7 @@ class GPT(nn.Module):
         h = self._hidden(idx[:, :T0], *self._pos_and_mask(real[:, :T0]), cache=cache)   # the prompts
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         for t in range(steps):
-            token, logprob = self._sample(self.lm_head(h[:, -1]), temperature, top_k, top_p, generator)
+            token, logprob = sample(self.lm_head(h[:, -1]))
             yield token, logprob, ~done
             done |= budget <= t + 1
             if stop_token is not None:

@@ -1,56 +1,61 @@
 """A local web page where a person ranks a model's samples: InstructGPT's human feedback (step 2).
 
-    python label.py --ckpt out/sft.pt --out data/rankings.jsonl    # open the printed URL
-    python train_rm.py --data data/rankings.jsonl                  # train the reward model on them
+    python label.py --ckpt out/sft.pt               # open the printed URL; appends to out/rankings.jsonl
+    python train_rm.py --data out/rankings.jsonl    # train the reward model on them
 
 The page shows one prompt (labeler.train_prompts(), or --prompts file.jsonl) and K sampled responses in
 random order. The person orders them best..worst and submits; each ranking becomes one line
 {"prompt", "responses": [best, ..., worst]} of --out, appended with a single write under a lock, then
 flushed and fsync'd: a crash never leaves half a line and concurrent submissions never interleave.
+Restarted on the same --out, it continues where the file ends: prompts not ranked yet come first, and the
+samples are new ones. --out defaults to out/, which git ignores like everything the scripts write; the
+rankings are a person's work, so copy them elsewhere before clearing out/.
 --rate B.pt: a blind comparison instead, one answer from --ckpt and one from B.pt side by side
 (K = 2); each line also gets "models": [winner, loser] and the page shows the running win count.
 The server is the standard library's, bound to 127.0.0.1 unless --host says otherwise.
 """
 import argparse
+import itertools
 import json
 import os
 import random
 import secrets
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import Counter
 
 import labeler
 from common import POLICY_STAGES, fail, load_model, pick_device
-from data import load_prompts, load_rankings, response_text, sample_responses
+from data import load_prompts, load_rankings, sample_responses
+from web import answer_text, PageHandler, PageServer
 
 MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label.html")
 
 
-class LabelServer(ThreadingHTTPServer):
+class LabelServer(PageServer):
     """Hands out prompts with K responses (from sample(prompt, k) -> list of k strings), checks the
     rankings that come back, and appends them to `out`. `names` (rate mode): which model wrote each of
-    the sample's responses."""
-    daemon_threads = True
+    the sample's responses. Prompts go in a seeded order, those `out` already ranks least often first,
+    so a restart continues with what the last session had not reached."""
 
     def __init__(self, address, sample, prompts, out, k=4, names=None, seed=0):
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, PAGE)
         self.sample, self.out, self.k, self.names = sample, out, k, names
-        self.prompts = random.Random(seed).sample(list(prompts), len(prompts))
-        self.rng, self.n_drawn, self.issued = random.Random(seed), 0, {}   # id -> (prompt, shown, source)
-        self.lock = threading.Lock()   # guards the above, the counts and the file
-        self.count, self.wins = 0, {n: 0 for n in names or []}
-        if os.path.isfile(out) and os.path.getsize(out):   # go on counting what is already there
+        self.lock = threading.Lock()   # guards the prompts drawn, the issued items, the counts and the file
+        self.count, self.wins, ranked = 0, {n: 0 for n in names or []}, Counter()
+        if os.path.isfile(out) and os.path.getsize(out):   # go on from what is already there
             with open(out, "rb") as f:
                 lines = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-            self.count = len(lines)
+            self.count, ranked = len(lines), Counter(rec.get("prompt") for rec in lines)
             for rec in lines:
                 try:
                     self.wins[rec["models"][0]] += 1
                 except (KeyError, IndexError, TypeError):   # not a rating of these two models
                     pass
-        with open(PAGE, "rb") as f:
-            self.page = f.read()
+        order = random.Random(seed).sample(list(prompts), len(prompts))
+        self.prompts = sorted(order, key=lambda p: ranked[p])   # stable: the seeded order among equals
+        self.rng = random.Random(f"{seed} {self.count}")   # positions on the page: not the last session's
+        self.n_drawn, self.issued = 0, {}   # id -> (prompt, shown, source)
 
     def next_item(self):
         """A new prompt with K distinct responses, shown in random order, under a fresh id."""
@@ -117,17 +122,7 @@ def append_line(path, line):
         os.close(fd)
 
 
-class Handler(BaseHTTPRequestHandler):
-    def reply(self, status, body, kind="application/json"):
-        if not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
+class Handler(PageHandler):
     def do_GET(self):
         if self.path == "/":
             return self.reply(200, self.server.page, "text/html; charset=utf-8")
@@ -138,15 +133,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if self.path != "/api/submit":
             return self.reply(404, {"error": "not found"})
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
-            return self.reply(411, {"error": "Content-Length needed"})
-        if int(length) > MAX_BODY:
-            self.rfile.read(min(int(length), 16 * MAX_BODY))   # drain, so the client reads our answer
-            return self.reply(413, {"error": f"body over {MAX_BODY} bytes"})
-        body = self.rfile.read(int(length))
-        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
-            return self.reply(415, {"error": "Content-Type must be application/json"})
+        body, error = self.read_body(MAX_BODY)
+        if error:
+            return self.reply(error[0], {"error": error[1]})
         status, reply = self.server.submit(body)
         if status == 200:   # saved; the next prompt comes with the answer (the page asks again if none)
             code, item = self.safely(self.server.next_item)
@@ -160,29 +149,25 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:
             return 500, {"error": f"{type(e).__name__}: {e}"}
 
-    def log_message(self, *args):   # no line per request in the person's terminal
-        pass
 
+def model_sampler(path, flag, args, device):
+    """sample(prompt, k, seed): k responses of the checkpoint at `path`."""
+    model, tok, _ = load_model(path, POLICY_STAGES, device, flag=flag)
+    lock = threading.Lock()
 
-def model_sampler(path, args, device):
-    """sample(prompt, k): k responses of the checkpoint at `path`, one generation at a time."""
-    model, tok, _ = load_model(path, POLICY_STAGES, device, flag="--ckpt" if path == args.ckpt else "--rate")
-    lock, calls = threading.Lock(), [0]
-
-    def sample(prompt, k):
+    def sample(prompt, k, seed):
         with lock:   # the server's threads share one model
-            calls[0] += 1
             ids = sample_responses(model, tok, [prompt] * k, args.max_new_tokens, args.temperature,
-                                   args.top_k, seed=args.seed + calls[0], device=device)
-        return [response_text(tok, r)[0] for r in ids]
+                                   args.top_k, seed=seed, device=device)
+        return [answer_text(tok, r) for r in ids]   # no special tokens, no control characters
     return sample
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default="out/sft.pt", help="policy checkpoint to sample from")
-    p.add_argument("--out", default="", help="JSONL to append to (default data/rankings.jsonl, "
-                                            "--rate: out/ratings.jsonl)")
+    p.add_argument("--out", default="", help="JSONL to append to (default out/rankings.jsonl, "
+                                            "--rate: out/ratings.jsonl); a restart continues it")
     p.add_argument("--prompts", default="", help='JSONL of {"prompt"} (default: labeler.train_prompts())')
     p.add_argument("--rate", default="", metavar="CKPT", help="compare --ckpt with this checkpoint instead")
     p.add_argument("--k", type=int, default=4, help="responses per prompt, 2..9 (keys 1..9 pick them)")
@@ -203,20 +188,33 @@ def main(argv=None):
     if not 0 <= args.port <= 65535:
         fail(f"--port {args.port}: must be 0..65535 (0 picks a free port)")
     prompts = load_prompts(args.prompts, "--prompts") if args.prompts else labeler.train_prompts()
-    out = args.out or ("out/ratings.jsonl" if args.rate else "data/rankings.jsonl")
+    out = args.out or ("out/ratings.jsonl" if args.rate else "out/rankings.jsonl")
     if os.path.isdir(out):
         fail(f"--out {out}: is a folder, expected a .jsonl file")
+    done = []
     if os.path.isfile(out) and os.path.getsize(out):   # we append: it must already be what train_rm.py reads
-        load_rankings(out)
+        done = load_rankings(out)
         with open(out, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read() != b"\n":
-                fail(f"--out {out}: the last line has no newline; fix or move the file first")
+            text = f.read()
+        if text.lstrip().startswith(b"["):
+            fail(f"--out {out}: is one JSON array, and label.py appends JSON Lines; give another --out")
+        if not text.endswith(b"\n"):
+            fail(f"--out {out}: the last line has no newline; fix or move the file first")
     device = pick_device(args.device)
-    sample, names = model_sampler(args.ckpt, args, device), None
+    models, names = [model_sampler(args.ckpt, "--ckpt", args, device)], None
     if args.rate:   # one answer from each model; the server shuffles them on the page
-        a, b = sample, model_sampler(args.rate, args, device)
-        sample, names, args.k = (lambda prompt, k: a(prompt, 1) + b(prompt, 1)), [args.ckpt, args.rate], 2
+        models.append(model_sampler(args.rate, "--rate", args, device))
+        names, args.k = [args.ckpt, args.rate], 2
+    # Every generation takes the next seed of one stream: the two models of --rate must not share a seed
+    # (two similar checkpoints would answer alike), and the stream depends on how long --out already is,
+    # so that a restart shows new samples instead of the last session's.
+    seeds, lock = itertools.count(random.Random(f"{args.seed} {len(done)}").getrandbits(32)), threading.Lock()
+
+    def sample(prompt, k):
+        with lock:   # the server's threads share the models and the seeds
+            if len(models) == 1:
+                return models[0](prompt, k, next(seeds))
+            return [m(prompt, 1, next(seeds))[0] for m in models]
     try:   # can we write there? Say so now, not at the first submission
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         open(out, "ab").close()
@@ -227,8 +225,8 @@ def main(argv=None):
     except OSError as e:
         fail(f"--host {args.host} --port {args.port}: cannot listen ({e.strerror})")
     host, port = server.server_address[:2]
-    print(f"labeling at http://{host}:{port}/  ({len(prompts)} prompts, appending to {out}; Ctrl-C stops)",
-          flush=True)
+    print(f"labeling at http://{host}:{port}/  ({len(prompts)} prompts; {out} holds {server.count} lines, "
+          f"appending; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

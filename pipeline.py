@@ -1,10 +1,16 @@
-"""The whole chain in one command: pretrain -> SFT -> RM -> PPO -> eval, each stage's time, then the report.
+"""The whole chain in one command: pretrain -> SFT -> (RM -> PPO) x rounds -> eval, each stage's time, the report.
 
     python pipeline.py                      # the defaults, into out/ (about a quarter of an hour on a 2-core CPU)
+    python pipeline.py --rounds 1           # steps 2 and 3 once
     python pipeline.py --quick              # tiny settings on a slice of the corpus, into out/quick/ (about a minute)
 
-Each stage is its script's main() with the flags below, so `python pipeline.py` does exactly what the
-five commands in the README do one by one; --out-dir only moves where every checkpoint goes. It ends with
+InstructGPT runs step 1 (SFT) once and repeats steps 2 and 3: round r ranks samples of round r-1's policy
+(round 1: of the SFT model), trains a reward model on all rankings so far (from the SFT model again), and
+runs PPO from round r-1's policy, with the SFT model as the KL reference in every round. Earlier rounds
+write out/round1/rm.pt, out/round1/ppo.pt, ...; the last round writes out/rm.pt and out/ppo.pt.
+
+Each stage is its script's main() with the flags printed before it, so `python pipeline.py` does exactly
+what the commands in the README do one by one; --out-dir only moves where every checkpoint goes. It ends with
 <out-dir>/summary.md: each stage's time, checkpoint, headline number and picture, and what to run next.
 """
 import argparse
@@ -30,6 +36,28 @@ QUICK = {
     "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2",
 }
 QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains on them in a second
+ROUNDS = 2   # the default number of RLHF rounds (steps 2 and 3)
+ROUND_FLAGS = {   # per round (round 1, round 2, ...; the last entry repeats): what the measurements chose
+    "rm": ["--n-prompts 1500", "--n-prompts 1500"],
+    "ppo": ["--lr 6e-5 --max-iters 100 --beta 0.1", "--lr 6e-5 --max-iters 100 --beta 0.1"],
+}
+
+
+def rlhf_rounds(d, rounds, sft):
+    """[(name, stage, flags)] for steps 2 and 3, `rounds` times: see the docstring."""
+    stages, policy, rankings = [], sft, None
+    for r in range(1, rounds + 1):
+        where = d if r == rounds else os.path.join(d, f"round{r}")
+        rm, ppo = os.path.join(where, "rm.pt"), os.path.join(where, "ppo.pt")
+        later = ["--policy", policy, "--data", rankings] if r > 1 else []
+        flags = lambda stage: ROUND_FLAGS[stage][min(r, len(ROUND_FLAGS[stage])) - 1].split()
+        suffix = f" (round {r})" if rounds > 1 else ""
+        stages.append(("rm" + suffix, train_rm.main, ["--init", sft, "--out", rm, *later, *flags("rm")]))
+        stages.append(("ppo" + suffix, train_ppo.main, ["--init", policy, "--ref", sft, "--reward", rm,
+                                                        "--out", ppo, *flags("ppo")]))
+        policy, rankings = ppo, os.path.splitext(rm)[0] + ".rankings.jsonl"
+    return stages
+
 
 # the headline number of each stage, from what its main() returns
 HEADLINES = {
@@ -44,10 +72,11 @@ HEADLINES = {
 
 
 def stage_record(stage, seconds, result, checkpoint):
-    """A stage's row of the summary: result is what its main() returned; its picture lies next to its checkpoint
-    (eval: its report, with the chart it names)."""
-    picture = result["chart"] if stage == "eval" else os.path.splitext(checkpoint)[0] + ".svg"
-    return {"stage": stage, "seconds": seconds, "checkpoint": checkpoint, "headline": HEADLINES[stage](result),
+    """A stage's row of the summary ("rm (round 1)" is an rm stage): result is what its main() returned; its
+    picture lies next to its checkpoint (eval: its report, with the chart it names)."""
+    kind = stage.split()[0]
+    picture = result["chart"] if kind == "eval" else os.path.splitext(checkpoint)[0] + ".svg"
+    return {"stage": stage, "seconds": seconds, "checkpoint": checkpoint, "headline": HEADLINES[kind](result),
             "picture": picture if picture and os.path.exists(picture) else ""}
 
 
@@ -58,7 +87,7 @@ def write_summary(path, records):
     link = lambda p: f"[{os.path.basename(p)}]({os.path.relpath(p, d)})" if p else "—"
     rows = [f"| {r['stage']} | {r['seconds']:.0f} s | {link(r['checkpoint'])} | {r['headline']} | "
             f"{link(r['picture'])} |" for r in records]
-    ckpt = {r["stage"]: r["checkpoint"] for r in records}
+    ckpt = {r["stage"].split()[0]: r["checkpoint"] for r in records}   # of each kind, the last round's
     text = ["# Pipeline run", "", "| stage | time | checkpoint | headline | picture |", "|---|---|---|---|---|", *rows,
             "", f"Total {sum(r['seconds'] for r in records) / 60:.1f} min.", "",
             *[f"![{r['stage']}]({os.path.relpath(r['picture'], d)})\n" for r in records if r["picture"]],
@@ -79,7 +108,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
     parser.add_argument("--out-dir", default=None, help="where every checkpoint goes (default out/, or out/quick/)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"RLHF rounds, steps 2 and 3 (default {ROUNDS})")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
     d = args.out_dir or ("out/quick" if args.quick else "out")
     os.makedirs(d, exist_ok=True)
     ckpt = lambda stage: os.path.join(d, f"{stage}.pt")
@@ -95,8 +127,7 @@ def main(argv=None):
         ("pretrain", train_pretrain.main, ["--out", ckpt("pretrain"), *corpus]),
         ("sft", train_sft.main, ["--init", ckpt("pretrain"), "--out", ckpt("sft"),
                                  *(["--corpus", corpus[1]] if corpus else [])]),
-        ("rm", train_rm.main, ["--init", ckpt("sft"), "--out", ckpt("rm")]),
-        ("ppo", train_ppo.main, ["--init", ckpt("sft"), "--reward", ckpt("rm"), "--out", ckpt("ppo")]),
+        *rlhf_rounds(d, args.rounds, ckpt("sft")),
         ("eval", evaluate.main, ["--out-dir", d]),
     ]
     times, t_start, records = {}, time.time(), []
@@ -104,11 +135,11 @@ def main(argv=None):
         print(f"\n=== {name}: python {stage_main.__module__}.py {' '.join(stage_args)}"
               f"{' (+ quick settings)' if args.quick else ''}", flush=True)
         t0 = time.time()
-        result = stage_main(stage_args + (QUICK[name].split() if args.quick else []))
+        result = stage_main(stage_args + (QUICK[name.split()[0]].split() if args.quick else []))
         times[name] = time.time() - t0
         print(f"=== {name} done in {times[name]:.0f}s", flush=True)
-        report = os.path.join(d, "eval.md")
-        records.append(stage_record(name, times[name], result, report if name == "eval" else ckpt(name)))
+        out = stage_args[stage_args.index("--out") + 1] if "--out" in stage_args else os.path.join(d, "eval.md")
+        records.append(stage_record(name, times[name], result, out))
     summary = write_summary(os.path.join(d, "summary.md"), records)
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) +
           f"; total {(time.time() - t_start) / 60:.1f} min; {summary}")

@@ -2,8 +2,9 @@
 
     python train_ppo.py --init out/sft.pt                 # reward model: out/rm.pt (--reward other)
     python train_ppo.py --init out/sft.pt --kl-target 0   # fixed beta (--beta 0: no KL penalty at all)
+    python train_ppo.py --init out/round1/ppo.pt --ref out/sft.pt   # a later round: the reference stays SFT
 
-The policy starts as a copy of the SFT model and the reference is a frozen copy of it. Each
+The policy starts as a copy of --init and the reference is a frozen copy of --ref (default: --init). Each
 iteration samples responses to a batch of training prompts, scores them with the reward model,
 turns the scores into per-token rewards with a KL penalty against the reference (InstructGPT
 eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps.
@@ -125,7 +126,9 @@ def update_beta(beta, kl, target, n, horizon):
 # ----------------------------------------------------------------------------- config
 @dataclass
 class PPOConfig(RunConfig):
-    init: str = flag("out/sft.pt", "the SFT policy: PPO's start and its frozen reference", fixed=True)
+    init: str = flag("out/sft.pt", "the policy PPO starts from (round 1: the SFT model)", fixed=True)
+    ref: str = flag("", "the frozen KL reference; empty: --init. Later rounds start from the last round's policy "
+                    "and keep the SFT model here", fixed=True)
     reward: str = flag("out/rm.pt", "the reward model (stage rm, from train_rm.py)", fixed=True)
     out: str = "out/ppo.pt"
     prompts: str = flag("", "prompts JSONL, {prompt} records; empty: the simulated labeler's training prompts",
@@ -143,6 +146,8 @@ class PPOConfig(RunConfig):
     clip: float = flag(0.2, "policy ratio clip (PPO eq. 7)", "(0, inf)")
     vf_clip: float = flag(0.2, "value clip, in (normalized) reward units", "(0, inf)")
     vf_coef: float = flag(0.1, "weight of the value loss", "[0, inf)")
+    critic: str = flag("shared", "the value function: shared (a head on the policy's trunk) or rm (a separate "
+                       "critic initialised from the reward model)", choices=("shared", "rm"), fixed=True)
     gamma: float = flag(1.0, "discount (GAE)", "[0, 1]")
     lam: float = flag(0.95, "lambda (GAE)", "[0, 1]")
     grad_clip: float = flag(1.0, "largest global norm of the gradient", "(0, inf)")
@@ -163,16 +168,17 @@ class PPOConfig(RunConfig):
 
 
 # ----------------------------------------------------------------------------- rollout + loop
-def forward(model, idx, pad_mask, temperature):
-    """One pass through the trunk gives both heads: log-probs of the actions, the value of every
-    state, and the logits (B, T-1) / (B, T-1) / (B, T, V)."""
+def forward(model, idx, pad_mask, temperature, critic=None):
+    """Log-probs of the actions, the value of every state, and the logits, (B, T-1) / (B, T-1) / (B, T, V).
+    Without a separate critic one pass through the policy's trunk gives both heads."""
     h = model.hidden(idx, pad_mask)
     logits = model.lm_head(h)
-    return action_logprobs(logits, idx, temperature), model.scalar(h)[:, :-1].float(), logits
+    values = model.scalar(h) if critic is None else critic.scalar(critic.hidden(idx, pad_mask))
+    return action_logprobs(logits, idx, temperature), values[:, :-1].float(), logits
 
 
 @torch.no_grad()
-def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
+def rollout(policy, ref, prompts, cfg, end_id, generator, ctx, critic=None):
     """Sample one response per prompt (ending with its <|end|>, if any: data.py's rule for responses),
     and score every action under the policy (the "old" log-probs and values of the update) and the
     reference, with a full forward pass over prompt+response. Recomputing instead of keeping generate's
@@ -182,31 +188,34 @@ def rollout(policy, ref, prompts, cfg, end_id, generator, ctx):
                                        stop_token=end_id, generator=generator)
     idx, pad_mask, mask = pad_episodes(prompts, responses, next(policy.parameters()).device)
     with ctx:
-        logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature)
+        logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature, critic)
         logp_ref, _, _ = forward(ref, idx, pad_mask, cfg.temperature)
     return dict(idx=idx, pad_mask=pad_mask, mask=mask.float(), logp=logp, logp_ref=logp_ref,
                 values=values * mask, entropy=masked_mean(entropy(logits, cfg.temperature), mask).item(),
                 responses=responses, ended=[r[-1:] == [end_id] for r in responses])
 
 
-def make_optimizer(policy, cfg):
-    return torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)  # eps 1e-5: the PPO baselines'
+def make_optimizer(models, cfg):
+    params = [p for m in models for p in m.parameters()]
+    return torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)  # eps 1e-5: the PPO baselines'
 
 
 def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx_batch=None, start_iter=0,
-          beta=None, optimizer=None, stop=None):
+          beta=None, optimizer=None, stop=None, critic=None):
     """The PPO loop. prompts: token-id lists (the chat template's prompt part). reward_fn(prompts,
     responses, ended) -> (scores (B,) tensor, dict of metrics to log): the reward model in main(),
     a toy reward in the tests. log(record, line); save(iteration, beta, record) every
     cfg.save_interval iterations, at the end, and when stop() (common.ctrl_c_stops: Ctrl-C was pressed)
-    ends the loop between two iterations; ptx_batch(generator) -> (x, y) corpus batch for PPO-ptx. Every
-    iteration draws from its own seeded generator, so a resumed run (start_iter, beta, optimizer from the
-    checkpoint) goes on exactly as the uninterrupted one would. Returns (beta, last record, the iteration
-    stop() ended it at or None)."""
+    ends the loop between two iterations; ptx_batch(generator) -> (x, y) corpus batch for PPO-ptx; critic: a
+    separate value model (None: the policy's own scalar head). Every iteration draws from its own seeded
+    generator, so a resumed run (start_iter, beta, optimizer from the checkpoint) goes on exactly as the
+    uninterrupted one would. Returns (beta, last record, the iteration stop() ended it at or None)."""
     device = next(policy.parameters()).device
     ctx = autocast(device.type, cfg.precision)
-    optimizer = make_optimizer(policy, cfg) if optimizer is None else optimizer
-    policy.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
+    trained = [policy] if critic is None else [policy, critic]
+    optimizer = make_optimizer(trained, cfg) if optimizer is None else optimizer
+    for model in trained:
+        model.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
     ref.eval().requires_grad_(False)
     beta = cfg.beta if beta is None else beta
     t_start, record, stopped_at = time.time(), {}, None
@@ -221,7 +230,7 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
         rng = random.Random(cfg.seed * 100003 + it)  # seeded per iteration: --resume replays the same
         batch_prompts = [prompts[rng.randrange(len(prompts))] for _ in range(cfg.batch_size)]
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 100003 + it)
-        b = rollout(policy, ref, batch_prompts, cfg, end_id, generator, ctx)
+        b = rollout(policy, ref, batch_prompts, cfg, end_id, generator, ctx, critic)
         scores, metrics = reward_fn(batch_prompts, b["responses"], b["ended"])
         ended = torch.tensor(b["ended"], device=device)
         penalty = torch.full((len(ended),), cfg.no_end_penalty, device=device)
@@ -239,7 +248,7 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
         for epoch in range(cfg.ppo_epochs):
             for mb in torch.randperm(cfg.batch_size, generator=generator, device=device).split(cfg.minibatch_size):
                 with ctx:
-                    logp, values, _ = forward(policy, b["idx"][mb], b["pad_mask"][mb], cfg.temperature)
+                    logp, values, _ = forward(policy, b["idx"][mb], b["pad_mask"][mb], cfg.temperature, critic)
                 pg_loss, clip_frac, approx_kl = policy_loss(logp, b["logp"][mb], adv[mb], mask[mb], cfg.clip)
                 vf_loss = value_loss(values, b["values"][mb], returns[mb], mask[mb], cfg.vf_clip)
                 loss = pg_loss + cfg.vf_coef * vf_loss
@@ -249,7 +258,8 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
                         loss = loss + cfg.ptx_coef * policy(x, y)[1]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                for model in trained:   # each its own norm: the critic's gradients do not shrink the policy's
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 stats.append([pg_loss.item(), vf_loss.item(), clip_frac.item(), approx_kl.item()])
         t2 = time.time()
@@ -296,6 +306,16 @@ def corpus_batches(cfg, tok, block_size, device):
 
 
 @torch.no_grad()
+def critic_from_rm(rm, gain, bias):
+    """A trainable copy of the reward model whose head gives gain * r + bias: the normalized reward scale
+    of the returns it learns to predict."""
+    critic = copy.deepcopy(rm).requires_grad_(True)
+    critic.scalar_head.weight.mul_(gain)
+    critic.scalar_head.bias.mul_(gain).add_(bias)
+    return critic
+
+
+@torch.no_grad()
 def heldout_eval(policy, ref, prompts, reward_fn, cfg, end_id, ctx):
     """The end-of-run check: responses to held-out prompts (topic/tone pairs PPO never trained on)
     from the PPO policy and from the SFT model, sampled as in the rollouts (temperature T), with their
@@ -336,9 +356,13 @@ def main(argv=None):
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
-    if init_ckpt["stage"] != "sft":
-        warn(f"--init {cfg.init} is a {init_ckpt['stage']!r} checkpoint; PPO normally starts from SFT")
-    reward, rm, rm_tok, _ = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
+    ref, _, ref_ckpt = load_model(cfg.ref, POLICY_STAGES, device, flag="--ref") if cfg.ref else (None, tok, init_ckpt)
+    if ref_ckpt["stage"] != "sft":
+        warn(f"the KL reference {cfg.ref or cfg.init} is a {ref_ckpt['stage']!r} checkpoint; InstructGPT's is the "
+             f"SFT model")
+    if ref_ckpt["tokenizer"] != init_ckpt["tokenizer"] or ref_ckpt["config"] != init_ckpt["config"]:
+        fail(f"--ref {cfg.ref}: not the same model shape and tokenizer as --init {cfg.init}")
+    reward, rm, rm_tok, rm_ckpt = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
     check_tokenizer(rm_tok, tok, f"--reward {cfg.reward}", f"--init {cfg.init}'s")
     prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
     heldout = labeler.heldout_prompts()
@@ -357,23 +381,27 @@ def main(argv=None):
         fail(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt + response ({longest} tokens) exceeds "
              f"the models' block size ({min(policy.config.block_size, rm.config.block_size)})")
 
-    # The reference is the frozen SFT model. The value function is a head on the policy's own
-    # trunk, zero-initialised: one forward pass gives both the logits and the values (a separate
-    # critic initialised from the RM would double the update's compute, which matters on a CPU),
-    # and V = 0 everywhere at the start is the right prior for a reward normalized to mean 0; a
-    # random head would only add noise to the first advantages.
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    # The reference is the frozen SFT model (--init itself in round 1). The value function is either a
+    # head on the policy's own trunk, zero-initialised (one forward pass gives both the logits and the
+    # values, and V = 0 is the right prior for a reward normalized to mean 0), or a separate critic
+    # initialised from the reward model (InstructGPT), its head scaled to the normalized reward: it
+    # costs a second trunk in every update, but the value loss no longer pushes the policy's trunk.
+    ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
     with torch.no_grad():
         policy.scalar_head.weight.zero_()
-        if policy.scalar_head.bias is not None:
-            policy.scalar_head.bias.zero_()
-    optimizer = make_optimizer(policy, cfg)
+        policy.scalar_head.bias.zero_()
+    critic = critic_from_rm(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"]) if cfg.critic == "rm" else None
+    optimizer = make_optimizer([policy] if critic is None else [policy, critic], cfg)
     start_iter, beta = 0, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out, ("ppo",), flag="--resume")
         if ckpt["config"] != init_ckpt["config"] or "optimizer" not in ckpt or "kl_beta" not in ckpt:
             fail(f"--resume {cfg.out}: not a PPO run of --init {cfg.init} (other model config, or no optimizer state)")
         policy.load_state_dict(ckpt["model"])
+        if critic is not None:
+            if "critic" not in ckpt:
+                fail(f"--resume {cfg.out}: that run had no separate critic (--critic {ckpt['args'].get('critic')})")
+            critic.load_state_dict(ckpt["critic"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_iter, beta = ckpt["step"], ckpt["kl_beta"]
         print(f"resuming from iteration {start_iter}, beta {beta:.4g}")
@@ -387,7 +415,8 @@ def main(argv=None):
 
     def save(it, beta, record):
         save_checkpoint(cfg.out, stage="ppo", model=policy, tokenizer=tok, step=it, args=asdict(cfg), metrics=record,
-                        kl_beta=beta, optimizer=optimizer.state_dict())
+                        kl_beta=beta, optimizer=optimizer.state_dict(),
+                        **({"critic": critic.state_dict()} if critic else {}))
         ppo_chart(os.path.splitext(cfg.out)[0] + ".svg", log.records, record)
     ptx = corpus_batches(cfg, tok, policy.config.block_size, device) if cfg.ptx_coef > 0 else None
     reward_fn = reward_model_fn(reward, tok)
@@ -395,7 +424,7 @@ def main(argv=None):
     t0 = time.time()
     with ctrl_c_stops() as stop:
         beta, record, stopped_at = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter,
-                                         beta, optimizer, stop)
+                                         beta, optimizer, stop, critic)
     if stopped_at is not None:
         if not record and not cfg.resume:   # stopped before the first iteration ended: save the start
             save(stopped_at, beta, record)

@@ -2,7 +2,9 @@
 
     python train_rm.py --init out/sft.pt          # sample K responses per prompt; the simulated labeler ranks them
     python train_rm.py --data rankings.jsonl      # human/external rankings: K-wise or chosen/rejected pairs
-    python train_rm.py --policy out/ppo.pt        # steps 2 and 3 repeated: rank samples of a newer policy
+    python train_rm.py --policy out/round1/ppo.pt --data out/round1/rm.rankings.jsonl
+                                                  # steps 2 and 3 repeated: rank samples of the newer policy,
+                                                  # and train on them plus the earlier rounds' rankings
     python train_rm.py --resume                   # finish a run Ctrl-C stopped (it samples its rankings again)
 
 The reward model is the SFT model with its scalar head, read at the last real token of
@@ -15,9 +17,11 @@ a ranking is scored once, and the loss runs over all C(K,2) pairs formed from th
 Afterwards a gain and bias make samples of the --init (SFT) model score mean 0, std 1; they are stored in
 the checkpoint, and common.load_reward_model() applies them (common also holds the reader, score_seqs). The
 RM is evaluated on held-out prompts against the labeler: pairwise accuracy vs the noisy labels and vs the
-noise-free order, and Spearman's rank correlation. Rankings of your own (--data) have no gold score: a
-held-out part of them (--val-fraction) gives the pairwise accuracy instead. Next to --out: the log and its
-picture (.svg, loss and pairwise accuracy).
+noise-free order, and Spearman's rank correlation, on samples of the SFT model (--init) and, with --policy,
+on samples of that policy too: the one PPO will start from, whose mistakes the new rankings are meant to catch.
+Rankings of your own (--data without --policy) have no gold score: a held-out part of them (--val-fraction)
+gives the pairwise accuracy instead. Next to --out: the log, its picture (.svg, loss and pairwise accuracy)
+and every ranking the RM trained on (out/rm.rankings.jsonl), the --data of the next round.
 """
 import math
 import os
@@ -33,7 +37,7 @@ import labeler
 from common import (POLICY_STAGES, Log, RunConfig, autocast, check_tokenizer, cosine_lr, ctrl_c_stops, eta, fail,
                     flag, interrupted, load_resume, load_model, parse_config, pick_device, run_script,
                     save_checkpoint, score_all, score_seqs, single_process, svg_chart, warn, warn_warmup)
-from data import encode_prompt, load_rankings, response_text, sample_responses
+from data import encode_prompt, load_rankings, response_text, sample_responses, write_jsonl
 
 
 SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide batches
@@ -45,14 +49,15 @@ class RMConfig(RunConfig):
     init: str = flag("out/sft.pt", "the trunk the RM starts from (InstructGPT: the SFT model)", fixed=True)
     out: str = "out/rm.pt"
     policy: str = flag("", "sample the K responses from this checkpoint instead of --init", fixed=True)
-    data: str = flag("", "rankings JSONL, {prompt, responses: [best, ..., worst]} or {prompt, chosen, rejected}; "
-                     "empty: sample, and the simulated labeler ranks", fixed=True)
+    data: str = flag("", "rankings JSONL to train on, {prompt, responses: [best, ..., worst]} or {prompt, chosen, "
+                     "rejected}; new ones are sampled (and the simulated labeler ranks them) too when --policy is "
+                     "named or --data is empty", fixed=True)
     k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 pairs per 8 "
                   "forwards, K=4 only 12 per 8, at the same sampling cost", "[2, 9]", fixed=True)
     n_prompts: int = flag(500, "rankings to collect: the training prompts, cycled", "[1, inf)", fixed=True)
     eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per prompt)", "[1, inf)")
-    val_fraction: float = flag(0.1, "with --data: the share of your rankings held out for the evaluation", "(0, 1)",
-                               fixed=True)
+    val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings held out for the "
+                               "evaluation", "(0, 1)", fixed=True)
     label_noise: float = flag(0.05, "std of the Gaussian noise the labeler adds to its score", "[0, inf)", fixed=True)
     temperature: float = flag(1.0, "sampling temperature of the responses", "(0, inf)", fixed=True)
     max_new_tokens: int = flag(64, "longest response sampled, in tokens", "[1, inf)", fixed=True)
@@ -112,10 +117,23 @@ def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, lab
 
 
 def file_rankings(tok, path):
-    """Rankings from a JSONL file (data.load_rankings checks <2 responses and duplicates)."""
+    """Rankings from a JSONL file (data.load_rankings checks <2 responses and duplicates); each response
+    is a finished one, followed by its <|end|>."""
     end, enc = tok.special_tokens["<|end|>"], tok.to_tiktoken().encode_ordinary
     return [{"prompt": p, "texts": rs, "seqs": [encode_prompt(tok, p) + enc(r) + [end] for r in rs], "gold": None}
             for p, rs in load_rankings(path)]
+
+
+def ranking_records(rankings, end):
+    """Rankings as data.load_rankings reads them, {"prompt", "responses": [best, ..., worst]}. A file's
+    responses are finished ones, so a response that was cut off before its <|end|> is left out (PPO never
+    asks the RM about those: they get --no-end-penalty), and so is a ranking left with fewer than 2."""
+    records = []
+    for rk in rankings:
+        texts = [t for t, s in zip(rk["texts"], rk["seqs"]) if s[-1] == end]
+        if len(texts) >= 2:
+            records.append({"prompt": rk["prompt"], "responses": texts})
+    return records
 
 
 # ----------------------------------------------------------------------------- train, normalize, evaluate
@@ -249,28 +267,33 @@ def main(argv=None):
     prompts = [train_p[i % len(train_p)] for i in range(cfg.n_prompts)]
     knobs = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                  label_noise=cfg.label_noise, device=device, ctx=ctx)
-    if cfg.data:   # your rankings: a held-out part of them is the evaluation, and no gold score exists
-        rankings = file_rankings(tok, cfg.data)
+    rankings = file_rankings(tok, cfg.data) if cfg.data else []
+    own = cfg.data and not cfg.policy   # only your rankings: a held-out part of them is the evaluation, no gold
+    if own:
         if len(rankings) < 2:
             fail(f"--data {cfg.data}: needs at least 2 rankings (a part is held out for the evaluation), found 1")
         random.Random(cfg.seed).shuffle(rankings)
         n_val = max(1, round(len(rankings) * cfg.val_fraction))
-        eval_rankings, rankings = rankings[:n_val], rankings[n_val:]
+        eval_sets, rankings = {"heldout_": rankings[:n_val]}, rankings[n_val:]
         prompts = [rk["prompt"] for rk in rankings]   # the normalization's samples answer your prompts
-    else:
-        rankings, norm_seqs = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
-        if not rankings:
+    else:   # new rankings of --policy's samples (of --init's without one), after the file's
+        new, norm_seqs = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
+        if not new:
             fail(f"--init {cfg.policy or cfg.init}: no prompt got 2 distinct responses; raise --temperature")
-        eval_rankings = sample_rankings(policy, tok, [held[i % len(held)] for i in range(cfg.eval_prompts)],
-                                        seed=cfg.seed + 1, **knobs)[0]
+        rankings += new
     if cfg.data or cfg.policy:  # the normalization wants samples of the SFT model (--init) itself
         with ctx:
             responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
                                          seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
         norm_seqs = [encode_prompt(tok, p) + r for p, r in zip(prompts, responses)]
-    rk = rankings[0]
+    if not own:   # the held-out test: rankings of SFT's samples and, with --policy, of the policy's
+        held_prompts = [held[i % len(held)] for i in range(cfg.eval_prompts)]
+        eval_sets = {"heldout_": sample_rankings(model, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]}
+        if cfg.policy:
+            eval_sets["heldout_policy_"] = sample_rankings(policy, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]
+    rk = rankings[-1]
     print(f"{len(rankings)} rankings ({sum(map(len, (r['seqs'] for r in rankings)))} responses) and "
-          f"{len(eval_rankings)} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +
+          f"{len(eval_sets['heldout_'])} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +
           "\n".join(f"  {i + 1}. {t!r}" for i, t in enumerate(rk["texts"])))
     n_pairs = sum(math.comb(len(r["seqs"]), 2) for r in rankings)
     if n_pairs * cfg.epochs < 200:
@@ -295,20 +318,26 @@ def main(argv=None):
     if stopped_at is not None:
         interrupted("train_rm.py", cfg.out, stopped_at)
     gain, bias = fit_normalization(model, norm_seqs, device, ctx)
-    metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias,
-               **{f"heldout_{k}": v for k, v in evaluate(model, eval_rankings, device, ctx).items()}}
+    metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias}
+    for prefix, eval_rankings in eval_sets.items():
+        metrics.update({prefix + k: v for k, v in evaluate(model, eval_rankings, device, ctx).items()})
     log(metrics, "held-out  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    write_jsonl(os.path.splitext(cfg.out)[0] + ".rankings.jsonl",
+                ranking_records(rankings, tok.special_tokens["<|end|>"]))
     save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, args=asdict(cfg), metrics=metrics, rm_gain=gain,
                     rm_bias=bias, step=math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs)
     rm_chart(picture, log.records, metrics)
-    if cfg.data:
-        print(f"held-out pairwise accuracy {metrics['heldout_acc_noisy']:.1%} on {len(eval_rankings)} of your "
-              f"rankings (loss {metrics['heldout_loss']:.3f}); no gold score exists for them. Wrote {cfg.out} "
+    if own:
+        print(f"held-out pairwise accuracy {metrics['heldout_acc_noisy']:.1%} on {len(eval_sets['heldout_'])} of "
+              f"your rankings (loss {metrics['heldout_loss']:.3f}); no gold score exists for them. Wrote {cfg.out} "
               f"({time.time() - t0:.0f}s)")
     else:
         print(f"held-out pairwise accuracy {metrics.get('heldout_acc_gold', float('nan')):.1%} vs the noise-free "
               f"labeler, {metrics.get('heldout_acc_noisy', float('nan')):.1%} vs its noisy labels; Spearman "
-              f"{metrics.get('heldout_spearman', float('nan')):.3f}. Wrote {cfg.out} ({time.time() - t0:.0f}s)")
+              f"{metrics.get('heldout_spearman', float('nan')):.3f}" +
+              (f"; {metrics.get('heldout_policy_acc_gold', float('nan')):.1%} on --policy's samples"
+               if cfg.policy else "") +
+              f". Wrote {cfg.out} ({time.time() - t0:.0f}s)")
     return metrics
 
 

@@ -2,8 +2,7 @@
 
 Prints, per vocabulary size: training seconds, encode throughput (MB/s) of the pure-Python reference encoder
 (a fresh tokenizer, so its chunk cache starts empty) and of the tiktoken export, and bytes per token on the
-held-out megabyte (higher = better compression). GPT-2's tokenizer is added as a yardstick when its files are
-in ../shared/data/gpt2/.
+held-out megabyte (higher = better compression). GPT-2's tokenizer (data/gpt2/) is added as a yardstick.
 
     python bench/tokenizer.py                      # vocab 512, 1024, 4096 on 1 MB
     python bench/tokenizer.py --mb 4 --vocab 8192
@@ -57,6 +56,5 @@ for vocab_size in args.vocab:
     tok = tokenizer.train(train_text, vocab_size)
     row(f"bpe {tok.n_vocab}", tok, time.perf_counter() - t0)
 
-gpt2 = ROOT.parent / "shared" / "data" / "gpt2"
-if (gpt2 / "encoder.json").exists() and (gpt2 / "vocab.bpe").exists():
-    row("gpt2 50257", tokenizer.Tokenizer.from_gpt2(gpt2 / "encoder.json", gpt2 / "vocab.bpe"), None)
+gpt2 = ROOT / "data" / "gpt2"
+row("gpt2 50257", tokenizer.Tokenizer.from_gpt2(gpt2 / "encoder.json", gpt2 / "vocab.bpe"), None)

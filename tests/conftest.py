@@ -24,14 +24,20 @@ def tiny_tok(corpus_text):
     return tokenizer.train(corpus_text[:100_000], 320)
 
 
-def make_checkpoint(path, stage, tok, seed=0, **config):
-    """A tiny random GPT saved as a checkpoint of `stage` (what the stage scripts read)."""
+def make_checkpoint(path, stage, tok, seed=0, scale=1.0, **config):
+    """A tiny random GPT saved as a checkpoint of `stage` (what the stage scripts read). scale multiplies the
+    blocks' matrices: at 10 the greedy answer depends on the prompt (at the usual init a 1-layer model mostly
+    repeats its last input token, after <|assistant|> a special token: an empty answer)."""
     import torch
     from common import save_checkpoint
     from gpt import GPT, GPTConfig
     torch.manual_seed(seed)
     cfg = dict(vocab_size=tok.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=32)
     model = GPT(GPTConfig(**{**cfg, **config}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("blocks") and p.dim() == 2:
+                p.mul_(scale)
     extra = {"rm_gain": 1.0, "rm_bias": 0.0} if stage == "rm" else {}
     save_checkpoint(str(path), stage=stage, model=model, tokenizer=tok, **extra)
     return str(path)
@@ -76,3 +82,46 @@ def read_chart(path):
     series = {g.get("data-name"): [tuple(map(float, p.split(","))) for p in g.get("data-points").split()]
               for g in root.iter(SVG + "g")}
     return series, [t.text for t in root.iter(SVG + "text")]
+def reset_connection(sock):
+    """Close a client socket with a TCP reset, as a browser tab that is closed mid-request can."""
+    import socket
+    import struct
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# ----------------------------------------------------------------------------- the browser tests
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def need_browser():
+    """For a module that drives headless Chromium with Selenium (Debian's chromium and chromium-driver, which
+    .ci/run installs, and `selenium` from requirements-test.txt). A laptop without them skips the module; CI
+    (.ci/run sets CI=1) must run it, so there it fails."""
+    try:
+        from selenium import webdriver   # noqa: F401
+        missing = None
+    except ImportError:
+        missing = "selenium is not installed (pip install -r requirements-test.txt)"
+    if not missing and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        missing = f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"CI is set but {missing}", pytrace=False)
+    if missing:
+        pytest.skip(missing, allow_module_level=True)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    import shutil
+    from selenium import webdriver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1000,900",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)

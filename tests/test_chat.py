@@ -1,4 +1,5 @@
-"""chat.py: --prompt mode, the context trimmed at block_size, user text never a control token."""
+"""chat.py: --prompt mode, the context trimmed at block_size (web.fit_context), user text never a control
+token, the answer without special tokens or control characters (web.AnswerText)."""
 import io
 import os
 import subprocess
@@ -11,6 +12,7 @@ from conftest import ROOT, make_checkpoint
 
 import chat
 from data import encode_prompt
+from web import AnswerText, answer_text, fit_context
 
 
 @pytest.fixture(scope="module")
@@ -18,21 +20,22 @@ def ckpt(tmp_path_factory, tiny_tok):   # block_size 64
     return make_checkpoint(tmp_path_factory.mktemp("chat") / "ppo.pt", "ppo", tiny_tok)
 
 
-def test_trim_context_exact():
+def test_fit_context_exact():
     a, b, c = [1] * 5, [2] * 7, [3, 4, 5, 6, 7, 8]   # oldest .. newest (c: the new user turn)
-    assert chat.trim_context([a, b, c], 18) == a + b + c          # all fits exactly
-    assert chat.trim_context([a, b, c], 17) == b + c              # the oldest whole turn goes
-    assert chat.trim_context([a, b, c], 13) == b + c
-    assert chat.trim_context([a, b, c], 12) == c
-    assert chat.trim_context([a, b, c], 6) == c
-    assert chat.trim_context([a, b, c], 4) == [3, 6, 7, 8]        # new turn alone too long: its first token + tail
-    assert chat.trim_context([[9, 1, 2, 3, 8]], 3) == [9, 3, 8]
+    assert fit_context([a, b, c], 20, 2) == (a + b + c, 0)        # all fits exactly, with 2 left for the answer
+    assert fit_context([a, b, c], 20, 3) == (b + c, 1)            # the oldest whole turn goes
+    assert fit_context([a, b, c], 20, 7) == (b + c, 1)
+    assert fit_context([a, b, c], 20, 8) == (c, 2)
+    assert fit_context([a, b, c], 20, 19) == (c, 2)               # the new turn stays; the answer gets less
+    assert fit_context([a, b, c], 7, 100) == (c, 2)               # ... down to one token
+    assert fit_context([a, b, c], 6, 1) == (None, 2)              # the new turn alone fills the block
+    assert fit_context([c], 64, 16) == (c, 0)
 
 
 def test_user_text_is_never_a_control_token(tiny_tok):
     sp = tiny_tok.special_tokens
     text = "a <|end|> b <|assistant|> c <|user|><|endoftext|>"
-    ids = chat.context_for(tiny_tok, [], text, 1000)
+    ids = encode_prompt(tiny_tok, text)
     assert ids[0] == sp["<|user|>"] and ids[-1] == sp["<|assistant|>"]
     assert not set(ids[1:-1]) & set(sp.values())                 # only the template's own two specials
     assert tiny_tok.decode(ids[1:-1]) == text
@@ -77,6 +80,18 @@ def test_streamed_text_holds_only_complete_characters(tiny_tok):
     args = chat.argparse.Namespace(max_new_tokens=10, temperature=1.0, top_k=None, top_p=None)
     assert chat.answer(Replay(), tiny_tok, [1], args, None, pieces.append) == ids
     assert "".join(pieces) == "\u6f22\u5b57 ok" and "\ufffd" not in "".join(pieces)
+    assert all(p == "" or p in "\u6f22\u5b57 ok" for p in pieces)   # each piece whole characters
+
+
+def test_answer_text_has_no_special_tokens_or_control_characters(tiny_tok):
+    sp, enc = tiny_tok.special_tokens, tiny_tok.to_tiktoken()
+    ids = enc.encode_ordinary("Hi\x1b[2J\r\x00 there,\tyou\x7f\u0085\n\u00e9") + [sp["<|user|>"]] + enc.encode_ordinary("more")
+    assert answer_text(tiny_tok, ids) == "Hi[2J there,\tyou\n\u00e9"      # ends at the template token
+    assert answer_text(tiny_tok, [sp["<|end|>"]]) == ""
+    text = AnswerText(tiny_tok)
+    first, second = enc.encode_ordinary("\u00e9")                        # one character, two tokens here
+    assert (text.push(first), text.push(second)) == ("", "\u00e9")
+    assert text.push(first) == "" and text.close() == "\ufffd"             # cut mid-character: shown as U+FFFD
 
 
 def test_conversation_trimmed_at_block_size_reset_and_quit(ckpt, tiny_tok, monkeypatch, capsys):
@@ -91,14 +106,16 @@ def test_conversation_trimmed_at_block_size_reset_and_quit(ckpt, tiny_tok, monke
             yield t
     monkeypatch.setattr(GPT, "stream", recording_stream)
     texts = [f"Tell me about the economy and the army, part {i}." for i in range(6)]
-    lines = texts[:4] + ["/reset"] + texts[4:] + ["/quit", "never sent"]
+    too_long = "the army " * 40                                 # over 64 tokens: told, not sent, not kept
+    lines = texts[:2] + [too_long] + texts[2:4] + ["/reset"] + texts[4:] + ["/quit", "never sent"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
     chat.main(["--ckpt", ckpt, "--max-new-tokens", "16", "--seed", "0", "--device", "cpu"])
     assert len(calls) == 6                                     # /quit stopped before "never sent"
-    assert "(conversation forgotten)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(conversation forgotten)" in err and err.count("(too long: the model's context is 64 tokens") == 1
     budget, sp = 64 - 16, tiny_tok.special_tokens
     end, specials = sp["<|end|>"], set(sp.values())
-    turns, trimmed = [], 0   # the conversation so far, one token list per turn
+    turns, trimmed, notes = [], 0, []   # the conversation so far, one token list per turn
     for n, (context, drawn) in enumerate(calls):
         if n == 4:
             turns = []                                         # /reset
@@ -108,10 +125,13 @@ def test_conversation_trimmed_at_block_size_reset_and_quit(ckpt, tiny_tok, monke
         k = max(j for j in range(1, len(whole) + 1) if sum(map(len, whole[-j:])) <= budget)
         assert context == [t for turn in whole[-k:] for t in turn] and len(context) <= budget
         trimmed += k < len(whole)
+        notes.append(f"({len(whole) - k} earlier turn" if k < len(whole) else None)
         answer = [t for t in drawn if t not in specials]
         assert answer == drawn[:len(answer)]                  # the answer stops at the first special
         turns.append(new + answer + [end])
     assert trimmed >= 2                                        # old turns really were left out
+    told = [line for line in err.splitlines() if "left out: they no longer fit the model's 64-token context" in line]
+    assert [line.split("s left")[0].split(" left")[0] for line in told] == [n for n in notes if n]   # and chat said so
 
 
 def test_bad_flags(ckpt, tmp_path, tiny_tok):
@@ -119,6 +139,8 @@ def test_bad_flags(ckpt, tmp_path, tiny_tok):
         chat.main(["--ckpt", ckpt, "--max-new-tokens", "62", "--prompt", "x"])
     with pytest.raises(SystemExit, match="--top-p"):
         chat.main(["--ckpt", ckpt, "--top-p", "0", "--prompt", "x"])
+    with pytest.raises(SystemExit, match="--prompt: too long for the model's 64-token context"):
+        chat.main(["--ckpt", ckpt, "--prompt", "the army " * 40, "--max-new-tokens", "16", "--device", "cpu"])
     rm = make_checkpoint(tmp_path / "rm.pt", "rm", tiny_tok)
     with pytest.raises(SystemExit, match="--ckpt .*is a 'rm' checkpoint"):
         chat.main(["--ckpt", rm, "--prompt", "x"])

@@ -2,16 +2,18 @@
 and once end to end: the CLI on a tiny checkpoint, then train_rm.py --data on what it wrote."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT, make_checkpoint
+from conftest import ROOT, make_checkpoint, reset_connection
 
 import label
 
@@ -133,6 +135,27 @@ def test_20_concurrent_submissions_give_20_intact_lines(server):
     assert sorted(got, key=key) == sorted(expected, key=key)
 
 
+def test_closed_tab_prints_no_traceback(tmp_path, capsys):
+    """The tab closes while the page waits for its next prompt: the reply meets a reset connection."""
+    asked = threading.Event()
+
+    def slow_sample(prompt, k):
+        asked.set()
+        time.sleep(0.3)
+        return fake_sample(prompt, k)
+    srv = label.LabelServer(("127.0.0.1", 0), slow_sample, ["Say hi."], str(tmp_path / "r.jsonl"))
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    sock = socket.create_connection(srv.server_address[:2], timeout=30)
+    sock.sendall(b"GET /api/next HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert asked.wait(30)
+    reset_connection(sock)
+    status, item = request(f"http://127.0.0.1:{srv.server_address[1]}/api/next")   # takes 0.3 s: the other reply fails
+    assert status == 200 and item["prompt"] == "Say hi."                                # meanwhile, and we still serve
+    srv.shutdown()
+    srv.server_close()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_count_goes_on_and_rate_mode_names(tmp_path):
     out = tmp_path / "ratings.jsonl"
     out.write_text(json.dumps({"prompt": "p", "responses": ["x", "y"], "models": ["b.pt", "a.pt"]}) + "\n")
@@ -152,6 +175,67 @@ def test_identical_responses_are_not_served(tmp_path):
     with pytest.raises(RuntimeError, match="identical"):
         srv.next_item()
     srv.server_close()
+
+
+def test_restart_continues_where_the_file_ends(tmp_path):
+    """A second session on the same --out serves the prompts the first one had not reached, in the order
+    it would have served them, and only then the ranked ones again."""
+    prompts, out = [f"Prompt {i}." for i in range(6)], str(tmp_path / "r.jsonl")
+    first = label.LabelServer(("127.0.0.1", 0), fake_sample, prompts, out)
+    items = [first.next_item() for _ in range(6)]
+    for item in items[:3]:
+        assert first.submit(json.dumps({"id": item["id"], "ranking": [0, 1, 2, 3]}))[0] == 200
+    first.server_close()
+    second = label.LabelServer(("127.0.0.1", 0), fake_sample, prompts, out)
+    assert second.count == 3
+    assert [second.next_item()["prompt"] for _ in range(6)] == [it["prompt"] for it in items[3:] + items[:3]]
+    second.server_close()
+
+
+def run_label(args, ranking=None):
+    """Start label.py, take one item from /api/next, rank it (when `ranking` is given), stop.
+    Returns (status of /api/next, the item or error)."""
+    proc = subprocess.Popen([sys.executable, "label.py", "--port", "0", "--max-new-tokens", "8", "--device", "cpu"]
+                            + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("labeling at http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[2].rstrip("/")
+        status, item = request(url + "/api/next")
+        if ranking is not None:
+            assert request(url + "/api/submit", {"id": item["id"], "ranking": ranking})[0] == 200
+        return status, item
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_cli_restart_samples_anew_and_rates_two_alike_models(tmp_path, tiny_tok):
+    """With one prompt a restart must serve it again: with new samples, not the ones already ranked.
+    --rate with two identical checkpoints: the two models must not share a seed, or they answer alike."""
+    ckpt = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    prompts, out = tmp_path / "prompts.jsonl", tmp_path / "rankings.jsonl"
+    prompts.write_text('{"prompt": "Say hi."}\n')
+    flags = ["--ckpt", ckpt, "--prompts", str(prompts), "--out", str(out)]
+    run_label(flags, ranking=[0, 1, 2, 3])
+    status, item = run_label(flags)
+    assert status == 200 and item["count"] == 1 and item["prompt"] == "Say hi."
+    assert not set(item["responses"]) & set(lines(out)[0]["responses"])
+    twin = make_checkpoint(tmp_path / "ppo.pt", "ppo", tiny_tok)   # the same weights (seed 0) as sft.pt
+    status, item = run_label(flags[:-1] + [str(tmp_path / "ratings.jsonl"), "--rate", twin], ranking=[1, 0])
+    assert status == 200, item
+    assert len(set(item["responses"])) == 2
+    assert lines(tmp_path / "ratings.jsonl")[0]["models"] in ([ckpt, twin], [twin, ckpt])
+
+
+def test_default_out_is_git_ignored(tmp_path, monkeypatch):
+    """No --out: out/rankings.jsonl (under the folder label.py runs in), a folder the project's .gitignore covers."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "rankings.jsonl").write_text('{"prompt": "p", "responses": ["a", "b"]}')   # no newline
+    with pytest.raises(SystemExit, match="^error: --out out/rankings.jsonl: the last line has no newline"):
+        label.main(["--port", "0", "--device", "cpu"])
+    assert "out/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_cli_then_train_rm(tmp_path, tiny_tok):
@@ -194,11 +278,13 @@ def test_cli_then_train_rm(tmp_path, tiny_tok):
     (["--out", "{tmp}"], "--out .*: is a folder"),
     (["--out", "{tmp}/sft.jsonl"], ".*/sft.jsonl:1: expected 'responses'"),       # not a rankings file: never append
     (["--out", "{tmp}/cut.jsonl"], "--out .*/cut.jsonl: the last line has no newline"),
+    (["--out", "{tmp}/array.json"], "--out .*/array.json: is one JSON array, and label.py appends JSON Lines"),
     (["--ckpt", "{tmp}/none.pt"], "--ckpt .*none.pt: no such file"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, flags, error):
     (tmp_path / "sft.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
     (tmp_path / "cut.jsonl").write_text('{"prompt": "p", "responses": ["a", "b"]}')
+    (tmp_path / "array.json").write_text('[{"prompt": "p", "responses": ["a", "b"]}]\n')
     flags = [f.format(tmp=tmp_path) for f in flags]
     with pytest.raises(SystemExit, match="^error: " + error):
         label.main(["--port", "0", "--out", str(tmp_path / "r.jsonl"), "--device", "cpu"] + flags)

@@ -2,35 +2,18 @@
 keyboard and then with clicks, submits, and the test reads the new lines of the JSONL file.
 Needs Debian's chromium and chromium-driver (.ci/run installs them) and `selenium` (requirements-test.txt)."""
 import json
-import os
-import shutil
 import threading
 
 import pytest
 
+from conftest import need_browser
+
 import label
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-def missing(what):
-    """A laptop without the browser skips this test; CI (.ci/run sets CI=1) must run it, so there it fails."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {what}", pytrace=False)
-    pytest.skip(what, allow_module_level=True)
-
-
-try:
-    from selenium import webdriver
-except ImportError:
-    webdriver = None
-if webdriver is None:
-    missing("selenium is not installed (pip install -r requirements-test.txt)")
-if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    missing(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
-from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+need_browser()
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
@@ -42,20 +25,6 @@ def server(tmp_path):
     yield srv
     srv.shutdown()
     srv.server_close()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1000,900",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    yield driver
-    driver.quit()
-    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 def read_lines(path):

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import train_ppo as ppo  # noqa: E402
-from gpt import GPT, GPTConfig  # noqa: E402
+from gpt import GPT, GPTConfig, left_pad  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -283,12 +283,13 @@ def test_main_runs_and_writes_a_ppo_checkpoint(tiny_checkpoints):
     assert model.config.n_layer == 1
 
 
-def test_resume_continues_exactly(tiny_checkpoints, monkeypatch):
+@pytest.mark.parametrize("critic", ["shared", "rm"])
+def test_resume_continues_exactly(tiny_checkpoints, monkeypatch, critic):
     """Crash in the 3rd iteration of a 3-iteration run that saves every iteration, resume it, and
-    land on the same weights and log as a run that was never interrupted."""
+    land on the same weights and log as a run that was never interrupted (a separate critic too)."""
     from common import load_checkpoint
     d = tiny_checkpoints
-    flags = ["--max-iters", "3", "--save-interval", "1"]
+    flags = ["--max-iters", "3", "--save-interval", "1", "--critic", critic]
     straight = run(d, "a.pt", *flags)
     calls, rollout = [], ppo.rollout
 
@@ -307,8 +308,36 @@ def test_resume_continues_exactly(tiny_checkpoints, monkeypatch):
     assert [drop(r) for r in resumed] == [drop(r) for r in straight]
     a, b = load_checkpoint(str(d / "a.pt")), load_checkpoint(str(d / "b.pt"))
     assert b["step"] == 3 and a["kl_beta"] == b["kl_beta"]
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for part in ("model", "critic") if critic == "rm" else ("model",):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert ("critic" in a) == (critic == "rm")
+
+
+def test_critic_from_the_rm_predicts_the_normalized_reward(tiny_checkpoints):
+    """The separate critic starts as the RM with gain and bias folded into its head: its value at the
+    last token is the normalized reward the policy is trained on; training it leaves the RM alone."""
+    from common import load_reward_model
+    d = tiny_checkpoints
+    reward, rm, tok, ckpt = load_reward_model(str(d / "rm.pt"), precision="fp32")
+    critic = ppo.critic_from_rm(rm, ckpt["rm_gain"], ckpt["rm_bias"])
+    seqs = [[5, 6, 7, 8], [9, 10, 11]]
+    idx, pad_mask = left_pad(seqs)
+    value = critic.scalar(critic.hidden(idx, pad_mask))[:, -1]
+    assert torch.allclose(value, reward([s[:1] for s in seqs], [s[1:] for s in seqs]), atol=1e-5)
+    assert critic.scalar_head.weight.requires_grad and not rm.scalar_head.weight.requires_grad
+    assert not torch.equal(critic.scalar_head.weight, rm.scalar_head.weight)
+
+
+def test_the_reference_is_ref_not_init(tiny_checkpoints):
+    """Round 2 starts from round 1's policy and keeps the SFT model as the KL reference: its first
+    rollout already has KL > 0, while a run whose reference is its own start has KL 0 there."""
+    d = tiny_checkpoints
+    run(d, "round1.pt", "--max-iters", "3", "--lr", "1e-3")
+    flags = ["--init", str(d / "round1.pt"), "--max-iters", "1"]
+    with_ref = run(d, "round2.pt", *flags, "--ref", str(d / "sft.pt"))
+    without = run(d, "round2b.pt", *flags)
+    assert with_ref[0]["kl"] > 0.01 and without[0]["kl"] == pytest.approx(0, abs=1e-4)
 
 
 def test_prompts_the_labeler_cannot_score(tiny_checkpoints, capsys):

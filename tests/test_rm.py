@@ -189,6 +189,40 @@ def test_main_with_rankings_file_holds_out_a_part_of_them_and_claims_no_gold(tmp
     assert "pairs x 1 epoch(s) are too few" in err   # 8 rankings: 17 pairs
 
 
+def test_the_next_round_samples_the_policy_and_keeps_the_earlier_rankings(tmp_path, tiny_tok, monkeypatch):
+    """Round 1 writes the rankings it trained on beside the RM; round 2 (--policy + --data) trains on
+    those plus new ones sampled from the policy (not from --init), and is evaluated on both models' samples."""
+    from data import load_rankings
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    policy = make_checkpoint(tmp_path / "ppo.pt", "ppo", tiny_tok, seed=1)
+    end, calls = tiny_tok.special_tokens["<|end|>"], []
+
+    def fake_samples(model, tok, prompts, *args, **kwargs):   # finished, distinct, new in every call
+        calls.append(model)
+        return [[40 + len(calls), 50 + i % 3, end] for i in range(len(prompts))]
+    monkeypatch.setattr(train_rm, "sample_responses", fake_samples)
+    train_rm.main(tiny_flags(tmp_path, sft))
+    round1 = load_rankings(str(tmp_path / "rm.rankings.jsonl"))
+    assert len(round1) == 6 and all(len(rs) == 3 for _, rs in round1)
+    calls.clear()
+    metrics = train_rm.main(tiny_flags(tmp_path, sft, "--policy", policy, "--data", str(tmp_path / "rm.rankings.jsonl"),
+                                       "--out", str(tmp_path / "round2.pt")))
+    both = load_rankings(str(tmp_path / "round2.rankings.jsonl"))
+    assert metrics["rankings"] == len(both) == 12 and all(r in both for r in round1)
+    # the new rankings come from the policy; SFT samples only normalize the scores and test the RM
+    ppo_weights = common.load_checkpoint(policy)["model"]
+    is_policy = lambda model: all(torch.equal(v, ppo_weights[k]) for k, v in model.state_dict().items())
+    assert [is_policy(m) for m in calls] == [True, False, False, True]   # train, normalize, held-out x2
+    assert {"heldout_acc_noisy", "heldout_policy_acc_noisy"} <= set(metrics)
+
+
+def test_rankings_cut_off_before_the_end_are_not_written(tiny_tok):
+    end = tiny_tok.special_tokens["<|end|>"]
+    rankings = [{"prompt": "p", "texts": ["a", "b", "c"], "seqs": [[1, end], [2], [3, end]]},
+                {"prompt": "q", "texts": ["a", "b"], "seqs": [[1, end], [2]]}]
+    assert train_rm.ranking_records(rankings, end) == [{"prompt": "p", "responses": ["a", "c"]}]
+
+
 # ----------------------------------------------------------------------------- bad input: one clear error each
 def error_of(fn, *args):
     with pytest.raises(SystemExit) as e:

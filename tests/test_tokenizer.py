@@ -20,7 +20,9 @@ sys.path.insert(0, str(ROOT))
 import tokenizer  # noqa: E402
 from tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, SPECIAL_TOKENS, Tokenizer, train  # noqa: E402
 
-GPT2_DIR = ROOT.parent / "shared" / "data" / "gpt2"  # GPT-2's encoder.json + vocab.bpe (MIT), not shipped here
+GPT2_DIR = ROOT / "data" / "gpt2"  # GPT-2's encoder.json + vocab.bpe, shipped with their MIT licence
+GPT2_HASHES = ("196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",   # encoder.json, vocab.bpe
+               "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5")   # (tiktoken_ext.openai_public)
 MB = 1_000_000
 STRINGS = [  # round-trip and parity cases
     "", " ", "   \n\n\t  ", "\r\n", "Hello, world! It's 2024; we'll see... DON'T stop 12345678.",
@@ -57,10 +59,7 @@ def tok300(corpus):
 
 @pytest.fixture(scope="module")
 def gpt2_files():
-    enc, bpe = GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe"
-    if not (enc.exists() and bpe.exists()):
-        pytest.skip(f"GPT-2 tokenizer files not found in {GPT2_DIR} (encoder.json, vocab.bpe)")
-    return enc, bpe
+    return GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe"   # shipped: a missing file fails, never skips
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,8 @@ def tiktoken_gpt2(gpt2_files):
     """The reference nobody here wrote: tiktoken's own loader on the same two files, tiktoken's gpt2 pattern."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TIKTOKEN_CACHE_DIR", "")  # "" = read the local files, write no cache copies to /tmp
-        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(gpt2_files[1]), str(gpt2_files[0]))
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(  # the hashes tiktoken's own gpt2 encoding checks
+            str(gpt2_files[1]), str(gpt2_files[0]), vocab_bpe_hash=GPT2_HASHES[1], encoder_json_hash=GPT2_HASHES[0])
     try:
         from tiktoken_ext.openai_public import r50k_pat_str as pattern  # tiktoken's (rewritten) gpt2 regex
     except ImportError:
