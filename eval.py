@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 import labeler
-from common import (autocast, check_flags, check_tokenizer, fail, load_checkpoint, load_model, load_reward_model,
+from common import (autocast, check_tokenizer, fail, flag, load_checkpoint, load_model, load_reward_model,
                     parse_config, pick_device, svg_chart)
 from data import (action_logprobs, cached_tokens, encode_prompt, get_lm_batch, pad_episodes, read_corpus,
                   response_text, sample_responses)
@@ -59,12 +59,14 @@ class EvalConfig:
     ppo: str = ""
     rm: str = ""
     corpus: str = ""                   # perplexity and few-shot demos; empty: the pretrain checkpoint's --data
-    samples_per_prompt: int = 20       # x 9 held-out prompts = samples per row (best-of-32 draws 32 times that)
+    samples_per_prompt: int = flag(20, "x 9 held-out prompts = samples per row (best-of-32 draws 32 times that)",
+                                   "[1, inf)")
     temperature: float = 1.0           # the distribution PPO optimized (and its KL was measured at)
-    max_new_tokens: int = 64
+    max_new_tokens: int = flag(64, "longest response, in tokens", "[1, inf)")
     shots: int = 3                     # few-shot: at most this many demonstrations (fewer if the context is full)
     ppl_iters: int = 4                 # validation batches per model for the perplexity
-    rm_rankings: int = 64              # fresh held-out rankings, of SFT's and of the final policy's samples
+    rm_rankings: int = flag(64, "fresh held-out rankings, of SFT's and of the final policy's samples, for the RM's "
+                                "accuracy", "[1, inf)")
     show: int = 3                      # prompts with samples side by side in the report
     seed: int = 1337
     device: str = "auto"
@@ -376,7 +378,6 @@ def round_table(paths, summary):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = parse_config(EvalConfig, __doc__.split("\n")[0], argv)
-    check_flags(positive=(("--samples-per-prompt", cfg.samples_per_prompt), ("--max-new-tokens", cfg.max_new_tokens)))
     t_start = time.time()
     os.makedirs(cfg.out_dir, exist_ok=True)
     device = pick_device(cfg.device)

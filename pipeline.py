@@ -10,10 +10,12 @@ runs PPO from round r-1's policy, with the SFT model as the KL reference in ever
 write out/round1/rm.pt, out/round1/ppo.pt, ...; the last round writes out/rm.pt and out/ppo.pt.
 
 Each stage is its script's main() with the flags printed before it, so `python pipeline.py` does exactly
-what the commands in the README do one by one; --out-dir only moves where every checkpoint goes.
+what the commands in the README do one by one; --out-dir only moves where every checkpoint goes. It ends with
+<out-dir>/summary.md: each stage's time, checkpoint, headline number and picture, and what to run next.
 """
 import argparse
 import gzip
+import math
 import os
 import time
 
@@ -57,6 +59,51 @@ def rlhf_rounds(d, rounds, sft):
     return stages
 
 
+# the headline number of each stage, from what its main() returns
+HEADLINES = {
+    "pretrain": lambda m: f"validation loss {m['val_loss']:.3f} (perplexity {math.exp(m['val_loss']):.1f})",
+    "sft": lambda m: f"held-out labeler score {m['gold_score']:.3f}, {m['ended']:.0%} of responses ended",
+    "rm": lambda m: f"held-out pairwise accuracy {m['heldout_acc_gold']:.1%} vs the noise-free labeler",
+    "ppo": lambda m: f"held-out gold {m['heldout_gold']:.3f} (SFT {m['heldout_gold_sft']:.3f}) at a KL of "
+                     f"{m['heldout_kl']:.2f} nats per response",
+    "eval": lambda res: "the report card: " + ", ".join(f"{r['name']} {r['gold']:.3f}" for r in res["rows"]
+                                                        if r["name"] in ("sft", "best-of-16", "ppo")) + " (gold)",
+}
+
+
+def stage_record(stage, seconds, result, checkpoint):
+    """A stage's row of the summary ("rm (round 1)" is an rm stage): result is what its main() returned; its
+    picture lies next to its checkpoint (eval: its report, with the chart it names)."""
+    kind = stage.split()[0]
+    picture = result["chart"] if kind == "eval" else os.path.splitext(checkpoint)[0] + ".svg"
+    return {"stage": stage, "seconds": seconds, "checkpoint": checkpoint, "headline": HEADLINES[kind](result),
+            "picture": picture if picture and os.path.exists(picture) else ""}
+
+
+def write_summary(path, records):
+    """summary.md: one row per stage record {stage, seconds, checkpoint, headline, picture} (paths relative to
+    the summary's folder, or empty), the total time, the pictures, and what to run next."""
+    d = os.path.dirname(os.path.abspath(path))
+    link = lambda p: f"[{os.path.basename(p)}]({os.path.relpath(p, d)})" if p else "—"
+    rows = [f"| {r['stage']} | {r['seconds']:.0f} s | {link(r['checkpoint'])} | {r['headline']} | "
+            f"{link(r['picture'])} |" for r in records]
+    ckpt = {r["stage"].split()[0]: r["checkpoint"] for r in records}   # of each kind, the last round's
+    text = ["# Pipeline run", "", "| stage | time | checkpoint | headline | picture |", "|---|---|---|---|---|", *rows,
+            "", f"Total {sum(r['seconds'] for r in records) / 60:.1f} min.", "",
+            *[f"![{r['stage']}]({os.path.relpath(r['picture'], d)})\n" for r in records if r["picture"]],
+            "## What to run next", "",
+            f"- talk to the PPO policy: `python chat.py --ckpt {ckpt.get('ppo', 'out/ppo.pt')}`",
+            f"- rank samples yourself, then train a reward model on your rankings: `python label.py --ckpt "
+            f"{ckpt.get('sft', 'out/sft.pt')} --out my_rankings.jsonl`, then "
+            f"`python train_rm.py --data my_rankings.jsonl`",
+            f"- train a stage longer: `python train_pretrain.py --resume --out "
+            f"{ckpt.get('pretrain', 'out/pretrain.pt')} --max-iters 1000` (the other flags come from its checkpoint)",
+            ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(text))
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
@@ -83,16 +130,19 @@ def main(argv=None):
         *rlhf_rounds(d, args.rounds, ckpt("sft")),
         ("eval", evaluate.main, ["--out-dir", d]),
     ]
-    times, t_start = {}, time.time()
+    times, t_start, records = {}, time.time(), []
     for name, stage_main, stage_args in stages:
         print(f"\n=== {name}: python {stage_main.__module__}.py {' '.join(stage_args)}"
               f"{' (+ quick settings)' if args.quick else ''}", flush=True)
         t0 = time.time()
-        stage_main(stage_args + (QUICK[name.split()[0]].split() if args.quick else []))
+        result = stage_main(stage_args + (QUICK[name.split()[0]].split() if args.quick else []))
         times[name] = time.time() - t0
         print(f"=== {name} done in {times[name]:.0f}s", flush=True)
+        out = stage_args[stage_args.index("--out") + 1] if "--out" in stage_args else os.path.join(d, "eval.md")
+        records.append(stage_record(name, times[name], result, out))
+    summary = write_summary(os.path.join(d, "summary.md"), records)
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) +
-          f"; total {(time.time() - t_start) / 60:.1f} min")
+          f"; total {(time.time() - t_start) / 60:.1f} min; {summary}")
     return times
 
 

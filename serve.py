@@ -46,7 +46,7 @@ import traceback
 
 import torch
 
-from common import POLICY_STAGES, check_flags, fail, load_model, pick_device
+from common import POLICY_STAGES, fail, load_model, pick_device
 from data import encode_example, encode_prompt
 from gpt import GPT
 from web import AnswerText, fit_context, PageHandler, PageServer
@@ -367,8 +367,10 @@ def main(argv=None):
     p.add_argument("--gather", type=float, default=0.01, help="seconds a request waits for others to join its batch")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    check_flags(positive=(("--max-tokens", args.max_tokens), ("--max-n", args.max_n), ("--max-batch", args.max_batch)),
-                nonnegative=(("--gather", args.gather),))
+    for name, value, least in (("--max-tokens", args.max_tokens, 1), ("--max-n", args.max_n, 1),
+                               ("--max-batch", args.max_batch, 1), ("--gather", args.gather, 0)):
+        if value < least:   # the wording of common.parse_config's range checks
+            fail(f"{name} {value}: must be >= {least}")
     if args.max_n > args.max_batch:
         fail(f"--max-n {args.max_n}: cannot be over --max-batch {args.max_batch}")
     if not 0 <= args.port <= 65535:

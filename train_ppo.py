@@ -2,21 +2,24 @@
 
     python train_ppo.py --init out/sft.pt                 # reward model: out/rm.pt (--reward other)
     python train_ppo.py --init out/sft.pt --kl-target 0   # fixed beta (--beta 0: no KL penalty at all)
+    python train_ppo.py --init out/round1/ppo.pt --ref out/sft.pt   # a later round: the reference stays SFT
 
-The policy starts as a copy of the SFT model and the reference is a frozen copy of it. Each
+The policy starts as a copy of --init and the reference is a frozen copy of --ref (default: --init). Each
 iteration samples responses to a batch of training prompts, scores them with the reward model,
 turns the scores into per-token rewards with a KL penalty against the reference (InstructGPT
 eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps.
 
 Output: the LAST policy in --out (stage "ppo", with its optimizer and beta for --resume; also
-saved every --save-interval iterations). Picking the "best" iteration by reward-model score would
-select for reward over-optimization, and picking by gold score would peek at the test, so we
-don't. One JSON line per iteration goes to the .log.jsonl next to --out (out/ppo.log.jsonl):
+saved every --save-interval iterations, and when Ctrl-C stops it). Picking the "best" iteration by
+reward-model score would select for reward over-optimization, and picking by gold score would peek
+at the test, so we don't. One JSON line per iteration goes to the .log.jsonl next to --out
+(out/ppo.log.jsonl):
     iter, score (the reward actually used: RM score, or --no-end-penalty when no <|end|>),
     rm (mean normalized RM score), gold (mean simulated-labeler score), kl (mean KL to the SFT
     model per response, nats), beta, entropy, approx_kl, clip_frac, pg_loss, vf_loss,
     resp_len (tokens, <|end|> included), ended (share that wrote <|end|>), lr,
     t_rollout, t_update (seconds of this iteration), time (seconds since the start).
+Its picture, next to it (out/ppo.svg): RM and gold score, KL and beta per iteration.
 At the end, --eval-samples responses to the held-out prompts from the PPO policy and from the SFT
 model get gold and RM scores (stored in the checkpoint's metrics as heldout_*). Prompts of a
 --prompts file that the labeler cannot parse (labeler.parse_prompt) have no gold score: "gold"
@@ -34,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, check_flags, check_tokenizer, fail, last_index, load_checkpoint,
-                    load_model, load_reward_model, parse_config, pick_device, save_checkpoint)
+from common import (POLICY_STAGES, Log, RunConfig, autocast, check_tokenizer, ctrl_c_stops, eta, fail, flag,
+                    interrupted, last_index, load_checkpoint, load_model, load_reward_model, parse_config, pick_device,
+                    run_script, save_checkpoint, single_process, svg_chart, warn)
 from data import (action_logprobs, encode_prompt, get_lm_batch, load_prompts, pad_episodes, read_corpus,
                   response_text)
 
@@ -121,49 +125,46 @@ def update_beta(beta, kl, target, n, horizon):
 
 # ----------------------------------------------------------------------------- config
 @dataclass
-class PPOConfig:
-    init: str = "out/sft.pt"          # the policy PPO starts from (round 1: the SFT model)
-    ref: str = ""                     # the frozen KL reference; empty: --init. Later rounds start from the
-                                      # last round's policy and keep the SFT model here
-    reward: str = "out/rm.pt"         # the reward model (stage "rm", from train_rm.py)
+class PPOConfig(RunConfig):
+    init: str = flag("out/sft.pt", "the policy PPO starts from (round 1: the SFT model)", fixed=True)
+    ref: str = flag("", "the frozen KL reference; empty: --init. Later rounds start from the last round's policy "
+                    "and keep the SFT model here", fixed=True)
+    reward: str = flag("out/rm.pt", "the reward model (stage rm, from train_rm.py)", fixed=True)
     out: str = "out/ppo.pt"
-    prompts: str = ""                 # JSONL {"prompt": ...}; empty: labeler.train_prompts()
-    resume: bool = False              # continue --out: policy, value head, optimizer, beta, iteration
+    prompts: str = flag("", "prompts JSONL, {prompt} records; empty: the simulated labeler's training prompts",
+                        fixed=True)
     # rollout
-    batch_size: int = 32              # episodes (prompt, response) per iteration
-    max_new_tokens: int = 64
-    temperature: float = 1.0          # pure sampling at T; every log-prob divides by the same T
-    no_end_penalty: float = -1.0      # the score of a response that never wrote <|end|>
+    batch_size: int = flag(32, "episodes (prompt, response) per iteration", "[1, inf)")
+    max_new_tokens: int = flag(64, "longest response, in tokens", "[1, inf)")
+    temperature: float = flag(1.0, "pure sampling at T; every log-prob divides by the same T", "(0, inf)")
+    no_end_penalty: float = flag(-1.0, "the score of a response that never wrote <|end|>")
     # PPO update
-    ppo_epochs: int = 4
-    minibatch_size: int = 8
-    lr: float = 3e-5                  # Adam (eps 1e-5), decays linearly to 0 over max_iters; on the
-                                      # default models: approx-KL ~0.01, clip fraction ~0.1 (1e-4: 0.1-0.3, 0.35)
-    clip: float = 0.2                 # policy ratio clip (PPO eq. 7)
-    vf_clip: float = 0.2              # value clip, in (normalized) reward units
-    vf_coef: float = 0.1
-    critic: str = "shared"            # the value function: "shared" (a head on the policy's trunk) or "rm"
-                                      # (a separate critic initialised from the reward model)
-    gamma: float = 1.0
-    lam: float = 0.95
-    grad_clip: float = 1.0
+    ppo_epochs: int = flag(4, "passes over each batch of episodes", "[1, inf)")
+    minibatch_size: int = flag(8, "episodes per gradient step", "[1, inf)")
+    lr: float = flag(3e-5, "Adam (eps 1e-5), decaying linearly to 0; on the default models: approx-KL ~0.01, clip "
+                     "fraction ~0.1 (1e-4: 0.1-0.3, 0.35)", "(0, inf)")
+    clip: float = flag(0.2, "policy ratio clip (PPO eq. 7)", "(0, inf)")
+    vf_clip: float = flag(0.2, "value clip, in (normalized) reward units", "(0, inf)")
+    vf_coef: float = flag(0.1, "weight of the value loss", "[0, inf)")
+    critic: str = flag("shared", "the value function: shared (a head on the policy's trunk) or rm (a separate "
+                       "critic initialised from the reward model)", choices=("shared", "rm"), fixed=True)
+    gamma: float = flag(1.0, "discount (GAE)", "[0, 1]")
+    lam: float = flag(0.95, "lambda (GAE)", "[0, 1]")
+    grad_clip: float = flag(1.0, "largest global norm of the gradient", "(0, inf)")
     # KL penalty
-    beta: float = 0.05                # initial KL coefficient
-    kl_target: float = 6.0            # nats per response; 0 = fixed beta
-    kl_horizon: int = 1000            # episodes (Ziegler et al.: 10000 for runs of 100k+ episodes; the
-                                      # default run has ~2000, and beta must be able to move within it)
+    beta: float = flag(0.05, "initial KL coefficient (InstructGPT eq. 2); 0: no KL penalty at all", "[0, inf)")
+    kl_target: float = flag(6.0, "KL per response (nats) the adaptive controller aims at; 0: fixed beta", "[0, inf)")
+    kl_horizon: int = flag(1000, "the controller's horizon, in episodes (Ziegler et al.: 10000 for runs of 100k+ "
+                           "episodes; the default run has ~2000, and beta must be able to move within it)", "[1, inf)")
     # PPO-ptx: + ptx_coef * LM loss on corpus batches (InstructGPT eq. 2, last term)
-    ptx_coef: float = 0.0
-    ptx_data: str = "data/sotu.txt.gz"
-    ptx_batch_size: int = 4
+    ptx_coef: float = flag(0.0, "PPO-ptx: weight of the LM loss on corpus batches; 0: off", "[0, inf)")
+    ptx_data: str = flag("data/sotu.txt.gz", "PPO-ptx: the corpus (.txt/.txt.gz file or folder)")
+    ptx_batch_size: int = flag(4, "PPO-ptx: corpus sequences per gradient step", "[1, inf)")
     # budget
-    max_iters: int = 60
-    max_minutes: float = 0.0          # stop early (and save) after this long; 0 = no limit
-    save_interval: int = 10           # iterations between checkpoints (and at the end)
-    eval_samples: int = 64            # held-out check at the end, per model (PPO, SFT); 0 = skip
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"           # auto | bf16 | fp32
+    max_iters: int = flag(60, "iterations (a rollout and its update) in all", "[1, inf)")
+    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", "[0, inf)")
+    save_interval: int = flag(10, "iterations between checkpoints (also at the end, and on Ctrl-C)", "[1, inf)")
+    eval_samples: int = flag(64, "the held-out check at the end: responses per model (PPO, SFT); 0: skip", "[0, inf)")
 
 
 # ----------------------------------------------------------------------------- rollout + loop
@@ -200,14 +201,15 @@ def make_optimizer(models, cfg):
 
 
 def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx_batch=None, start_iter=0,
-          beta=None, optimizer=None, critic=None):
+          beta=None, optimizer=None, stop=None, critic=None):
     """The PPO loop. prompts: token-id lists (the chat template's prompt part). reward_fn(prompts,
     responses, ended) -> (scores (B,) tensor, dict of metrics to log): the reward model in main(),
     a toy reward in the tests. log(record, line); save(iteration, beta, record) every
-    cfg.save_interval iterations and at the end; ptx_batch(generator) -> (x, y) corpus batch for
-    PPO-ptx; critic: a separate value model (None: the policy's own scalar head). Every iteration draws from its own seeded generator, so a resumed run (start_iter,
-    beta, optimizer from the checkpoint) goes on exactly as the uninterrupted one would.
-    Returns (beta, last record)."""
+    cfg.save_interval iterations, at the end, and when stop() (common.ctrl_c_stops: Ctrl-C was pressed)
+    ends the loop between two iterations; ptx_batch(generator) -> (x, y) corpus batch for PPO-ptx; critic: a
+    separate value model (None: the policy's own scalar head). Every iteration draws from its own seeded
+    generator, so a resumed run (start_iter, beta, optimizer from the checkpoint) goes on exactly as the
+    uninterrupted one would. Returns (beta, last record, the iteration stop() ended it at or None)."""
     device = next(policy.parameters()).device
     ctx = autocast(device.type, cfg.precision)
     trained = [policy] if critic is None else [policy, critic]
@@ -216,8 +218,11 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
         model.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
     ref.eval().requires_grad_(False)
     beta = cfg.beta if beta is None else beta
-    t_start, record = time.time(), {}
+    t_start, record, stopped_at = time.time(), {}, None
     for it in range(start_iter, cfg.max_iters):
+        if stop is not None and stop():
+            stopped_at = it
+            break
         if cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60:
             break
         # ---- rollout: sample, score, per-token rewards, advantages (all without gradients)
@@ -266,15 +271,16 @@ def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx
                   "pg_loss": pg, "vf_loss": vf, "resp_len": mask.sum(1).mean().item(),
                   "ended": ended.float().mean().item(), "lr": lr, "t_rollout": t1 - t0, "t_update": t2 - t1,
                   "time": time.time() - t_start}
-        if log is not None:
-            log(record, f"iter {it + 1}/{cfg.max_iters}  " + "  ".join(
-                f"{k} {v:.3g}" for k, v in record.items() if k not in ("iter", "lr", "pg_loss", "time")))
+        if log is not None:   # the whole record goes to the log file; the line fits 80 columns
+            log(record, f"iter {it + 1}/{cfg.max_iters}  rm {record.get('rm', record['score']):+.2f}  gold "
+                        f"{record.get('gold', float('nan')):.3f}  kl {kl_per_response:.2f}  beta {beta:.3g}  end "
+                        f"{record['ended']:.0%}  eta {eta(t_start, it + 1 - start_iter, cfg.max_iters - start_iter)}")
         beta = update_beta(beta, kl_per_response, cfg.kl_target, cfg.batch_size, cfg.kl_horizon)
         if save is not None and ((it + 1) % cfg.save_interval == 0 or it + 1 == cfg.max_iters):
             save(it + 1, beta, record)
     if save is not None and record and record["iter"] % cfg.save_interval and record["iter"] != cfg.max_iters:
-        save(record["iter"], beta, record)  # stopped by --max-minutes between saves
-    return beta, record
+        save(record["iter"], beta, record)  # stopped by Ctrl-C or --max-minutes between saves
+    return beta, record, stopped_at
 
 
 # ----------------------------------------------------------------------------- the real run
@@ -329,35 +335,46 @@ def heldout_eval(policy, ref, prompts, reward_fn, cfg, end_id, ctx):
     return out
 
 
+def ppo_chart(path, records, held=None):
+    """The picture of a run, one point per iteration: the reward model's and the labeler's (gold) score of the
+    rollouts, their KL to the SFT model, and beta; the held-out check's scores marked at the end."""
+    held, last = held or {}, records[-1]["iter"] if records else 0
+    series = lambda name, key: (name, [(r["iter"], r.get(key)) for r in records])
+    marks = [(last, held[k], label) for k, label in (("heldout_rm", "held-out RM"), ("heldout_gold", "held-out gold"))
+             if k in held]
+    svg_chart(path, [
+        {"title": "scores of the rollouts", "xlabel": "iteration", "ylabel": "score", "markers": marks,
+         "series": [series("reward model (normalized)", "rm"), series("gold (simulated labeler)", "gold")]},
+        {"title": "KL to the SFT model", "xlabel": "iteration", "ylabel": "nats per response",
+         "series": [series("KL", "kl")]},
+        {"title": "KL coefficient", "xlabel": "iteration", "ylabel": "beta", "series": [series("beta", "beta")]}])
+
+
 def main(argv=None):
-    cfg = parse_config(PPOConfig, __doc__.split("\n")[0], argv)
-    check_flags(positive=(("--temperature", cfg.temperature), ("--batch-size", cfg.batch_size),
-                          ("--minibatch-size", cfg.minibatch_size), ("--max-new-tokens", cfg.max_new_tokens),
-                          ("--ppo-epochs", cfg.ppo_epochs), ("--max-iters", cfg.max_iters),
-                          ("--kl-horizon", cfg.kl_horizon), ("--lr", cfg.lr), ("--clip", cfg.clip),
-                          ("--vf-clip", cfg.vf_clip), ("--ptx-batch-size", cfg.ptx_batch_size),
-                          ("--save-interval", cfg.save_interval)),
-                nonnegative=(("--beta", cfg.beta), ("--kl-target", cfg.kl_target), ("--ptx-coef", cfg.ptx_coef),
-                             ("--eval-samples", cfg.eval_samples), ("--max-minutes", cfg.max_minutes)))
+    single_process("train_ppo.py")
+    cfg = parse_config(PPOConfig, __doc__, argv, stage="ppo")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
     ref, _, ref_ckpt = load_model(cfg.ref, POLICY_STAGES, device, flag="--ref") if cfg.ref else (None, tok, init_ckpt)
     if ref_ckpt["stage"] != "sft":
-        print(f"warning: the KL reference {cfg.ref or cfg.init} is a {ref_ckpt['stage']!r} checkpoint; "
-              f"InstructGPT's is the SFT model")
+        warn(f"the KL reference {cfg.ref or cfg.init} is a {ref_ckpt['stage']!r} checkpoint; InstructGPT's is the "
+             f"SFT model")
     if ref_ckpt["tokenizer"] != init_ckpt["tokenizer"] or ref_ckpt["config"] != init_ckpt["config"]:
         fail(f"--ref {cfg.ref}: not the same model shape and tokenizer as --init {cfg.init}")
-    if cfg.critic not in ("shared", "rm"):
-        fail(f"--critic {cfg.critic}: choose shared or rm")
     reward, rm, rm_tok, rm_ckpt = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
     check_tokenizer(rm_tok, tok, f"--reward {cfg.reward}", f"--init {cfg.init}'s")
-    prompts = load_prompts(cfg.prompts) if cfg.prompts else labeler.train_prompts()
+    prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
+    heldout = labeler.heldout_prompts()
     unscored = sum(labeler.parse_prompt(p) is None for p in prompts)
     if unscored:  # the gold score is only defined for the labeler's own task prompts
         print(f"note: {unscored} of {len(prompts)} prompts in {cfg.prompts} are not labeler task prompts "
               f"('Write a <tone> sentence about <topic>.'); the logged gold score "
               f"{'averages the others' if unscored < len(prompts) else 'is left out'}")
+    if unscored == len(prompts):   # none is the labeler's: the check at the end holds out a tenth of yours
+        random.Random(cfg.seed).shuffle(prompts)
+        n_held = len(prompts) // 10 or int(len(prompts) > 1)
+        heldout, prompts = prompts[:n_held] or prompts, prompts[n_held:]
     prompt_ids = [encode_prompt(tok, p) for p in prompts]
     longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
     if longest > min(policy.config.block_size, rm.config.block_size):
@@ -394,33 +411,43 @@ def main(argv=None):
           f"{len(prompts)} prompts, device {device}")
 
     ctx = autocast(device, cfg.precision)
-    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", append=cfg.resume)
-    save = lambda it, beta, record: save_checkpoint(cfg.out, stage="ppo", model=policy, tokenizer=tok, step=it,
-                                                    args=asdict(cfg), metrics=record, kl_beta=beta,
-                                                    optimizer=optimizer.state_dict(),
-                                                    **({"critic": critic.state_dict()} if critic else {}))
+    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", resume_at=start_iter if cfg.resume else None, key="iter")
+
+    def save(it, beta, record):
+        save_checkpoint(cfg.out, stage="ppo", model=policy, tokenizer=tok, step=it, args=asdict(cfg), metrics=record,
+                        kl_beta=beta, optimizer=optimizer.state_dict(),
+                        **({"critic": critic.state_dict()} if critic else {}))
+        ppo_chart(os.path.splitext(cfg.out)[0] + ".svg", log.records, record)
     ptx = corpus_batches(cfg, tok, policy.config.block_size, device) if cfg.ptx_coef > 0 else None
     reward_fn = reward_model_fn(reward, tok)
     end = tok.special_tokens["<|end|>"]
     t0 = time.time()
-    beta, record = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter, beta, optimizer,
-                         critic)
+    with ctrl_c_stops() as stop:
+        beta, record, stopped_at = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter,
+                                         beta, optimizer, stop, critic)
+    if stopped_at is not None:
+        if not record and not cfg.resume:   # stopped before the first iteration ended: save the start
+            save(stopped_at, beta, record)
+        interrupted("train_ppo.py", cfg.out, stopped_at, unit="iteration")
+    held = {}
     if cfg.eval_samples > 0:
-        held = heldout_eval(policy, ref, [encode_prompt(tok, p) for p in labeler.heldout_prompts()],
-                            reward_fn, cfg, end, ctx)
-        print(f"held-out prompts, {cfg.eval_samples} samples each at T={cfg.temperature}: "
-              f"gold {held['heldout_gold']:.3f} (SFT {held['heldout_gold_sft']:.3f}), "
-              f"RM {held['heldout_rm']:.3f} (SFT {held['heldout_rm_sft']:.3f}), KL to SFT {held['heldout_kl']:.2f} "
-              f"nats/response, ended {held['heldout_ended']:.2f} (SFT {held['heldout_ended_sft']:.2f})")
+        held = heldout_eval(policy, ref, [encode_prompt(tok, p) for p in heldout], reward_fn, cfg, end, ctx)
+        gold = (f"gold {held['heldout_gold']:.3f} (SFT {held['heldout_gold_sft']:.3f})" if "heldout_gold" in held
+                else "no gold score (not the labeler's prompts)")
+        print(f"{len(heldout)} held-out prompts, {cfg.eval_samples} samples per model at T={cfg.temperature}: "
+              f"{gold}, RM {held['heldout_rm']:.3f} (SFT {held['heldout_rm_sft']:.3f}), KL to SFT "
+              f"{held['heldout_kl']:.2f} nats/response, ended {held['heldout_ended']:.2f} (SFT "
+              f"{held['heldout_ended_sft']:.2f})")
         save(max(start_iter, record.get("iter", 0)), beta, {**record, **held})
     print(f"saved {cfg.out} after {(time.time() - t0) / 60:.1f} min; samples:")
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    for p in (labeler.heldout_prompts() if not cfg.prompts else prompts)[:3]:
+    for p in heldout[:3]:
         with torch.no_grad(), ctx:
             r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature, stop_token=end,
                                 generator=g)[0][0]
         print(f"  {p}\n  > {response_text(tok, r)[0]}")
+    return {**record, **held}
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,12 +1,14 @@
 """Stage 0: pretrain a small GPT by next-token prediction on a text corpus (GPT-1/2/3).
 
     python train_pretrain.py                       # the demo: SOTU corpus, a CPU-sized model
-    python train_pretrain.py --resume              # continue out/pretrain.pt where it stopped
+    python train_pretrain.py --resume              # continue out/pretrain.pt with its own flags (Ctrl-C saves)
+    python train_pretrain.py --resume --max-iters 1000   # ... and train it longer
     torchrun --nproc_per_node=2 train_pretrain.py  # DistributedDataParallel (gloo on CPU)
 
 It trains the tokenizer on the corpus (or takes --tokenizer), tokenizes the corpus once into a
 uint16 token file cached under out/, keeps the last --val-fraction of it for validation, and
 trains. `train()` below is the training loop; SFT (train_sft.py) runs the same loop on its data.
+Next to --out: the log (.log.jsonl) and its picture (.svg, training and validation loss).
 """
 import hashlib
 import math
@@ -17,59 +19,60 @@ from dataclasses import asdict, dataclass
 import torch
 
 import tokenizer as bpe
-from common import (Log, autocast, cosine_lr, ddp_cleanup, ddp_setup, eval_mode, fail, load_checkpoint,
-                    parse_config, pick_device, save_checkpoint)
+from common import (Log, RunConfig, autocast, cosine_lr, ctrl_c_stops, ddp_cleanup, ddp_setup, eta, eval_mode, fail,
+                    flag, interrupted, load_resume, parse_config, pick_device, run_script, save_checkpoint,
+                    svg_chart, warn_warmup)
 from data import cached_tokens, get_lm_batch, read_corpus
 from gpt import GPT, GPTConfig
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(RunConfig):
     """The knobs of train(), the loop pretraining and SFT share, with pretraining's defaults."""
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 2e-3
-    warmup_iters: int = 50
-    max_iters: int = 550             # about 5.5 minutes on a 2-core CPU (bf16)
-    max_minutes: float = 0.0         # stop early (and save) after this long; 0 = no limit
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_iters: int = 20
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"          # auto | bf16 | fp32
+    batch_size: int = flag(32, "sequences per step (per process under torchrun)", "[1, inf)")
+    grad_accum: int = flag(1, "micro-batches whose gradients add up to one step", "[1, inf)")
+    lr: float = flag(2e-3, "peak learning rate (AdamW): linear warm-up, then cosine decay to a tenth", "(0, inf)")
+    warmup_iters: int = flag(50, "steps of learning-rate warm-up", "[0, inf)")
+    max_iters: int = flag(550, "steps in all (550: about 5.5 minutes on a 2-core CPU)", "[1, inf)")
+    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", "[0, inf)")
+    weight_decay: float = flag(0.1, "AdamW weight decay, on matrices only", "[0, inf)")
+    grad_clip: float = flag(1.0, "largest global norm of the gradient", "(0, inf)")
+    eval_interval: int = flag(100, "steps between evaluations", "[1, inf)")
+    eval_iters: int = flag(20, "validation batches per evaluation", "[1, inf)")
+    save_interval: int = flag(100, "steps between checkpoints (also at the end, and on Ctrl-C)", "[1, inf)")
 
 
 @dataclass
 class PretrainConfig(LoopConfig):
-    data: str = "data/sotu.txt.gz"   # a .txt/.txt.gz file or a folder of them
+    data: str = flag("data/sotu.txt.gz", "the corpus: a .txt/.txt.gz file or a folder of them", fixed=True)
     out: str = "out/pretrain.pt"
-    tokenizer: str = ""              # a tokenizer JSON; empty: train one on the corpus
-    vocab_size: int = 2048
-    resume: bool = False             # continue from --out: same weights, optimizer, step, data
-    val_fraction: float = 0.05
-    # model (GPTConfig)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    block_size: int = 128
-    pos: str = "rope"
-    mlp: str = "swiglu"
-    dropout: float = 0.0
+    tokenizer: str = flag("", "a tokenizer JSON file; empty: train a BPE on the corpus", fixed=True)
+    vocab_size: int = flag(2048, "tokens of the BPE trained on the corpus (256 bytes, merges, 4 special)",
+                           "[260, 65536]", fixed=True)
+    val_fraction: float = flag(0.05, "share of the corpus (its end) kept for validation", "(0, 1)", fixed=True)
+    # the model (GPTConfig)
+    n_layer: int = flag(4, "transformer blocks", "[1, inf)", fixed=True)
+    n_head: int = flag(4, "attention heads (--n-embd must be a multiple of it)", "[1, inf)", fixed=True)
+    n_embd: int = flag(256, "width of the residual stream", "[1, inf)", fixed=True)
+    block_size: int = flag(128, "context length in tokens", "[2, inf)", fixed=True)
+    pos: str = flag("rope", "positions: rotary (RoFormer) or a learned table (GPT-2)", choices=("rope", "learned"),
+                    fixed=True)
+    mlp: str = flag("swiglu", "MLP: SiLU-gated (Shazeer 2020) or GELU (GPT-2)", choices=("swiglu", "gelu"), fixed=True)
+    dropout: float = flag(0.0, "dropout probability", "[0, 1)")
 
 
-def prepare_tokens(cfg, log_dir):
+def prepare_tokens(cfg, log_dir, tok=None):
     """Corpus -> (tokenizer, uint16 token array). Both are cached in out/ under a hash of the
-    corpus text and the tokenizer settings (data.cached_tokens), so a second run starts training at once."""
+    corpus text and the tokenizer settings (data.cached_tokens), so a second run starts training at once.
+    tok: the tokenizer of a resumed run's checkpoint (then none is trained or loaded)."""
     text = read_corpus(cfg.data)
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
-    if cfg.tokenizer:
+    if tok is None and cfg.tokenizer:
         try:
             tok = bpe.Tokenizer.load(cfg.tokenizer)
         except (OSError, ValueError) as e:
             fail(f"--tokenizer {cfg.tokenizer}: {e}")
-    else:
+    elif tok is None:
         tok_path = os.path.join(log_dir, f"tokenizer-{key}-{cfg.vocab_size}.json")
         if os.path.exists(tok_path):
             tok = bpe.Tokenizer.load(tok_path)
@@ -95,27 +98,54 @@ def lm_loss(model, get_batch, iters, ctx):
     return sum(losses) / len(losses)
 
 
-def train(model, optimizer, cfg, get_batch, evaluate, save, log, step=0, rank=0, world=1):
+def loss_panel(records, title):
+    """The picture of a pretraining or SFT log: training loss (one batch, every 10 steps) and validation loss."""
+    return {"title": title, "xlabel": "step", "ylabel": "loss (nats per token)",
+            "series": [("training loss", [(r["step"], r["loss"]) for r in records if "loss" in r]),
+                       ("validation loss", [(r["step"], r["val_loss"]) for r in records if "val_loss" in r],
+                        "line+dots")]}
+
+
+def loop_start(model, cfg, ckpt, rank=0):
+    """(optimizer, step) where train() starts: a resumed run (ckpt) gets back its weights, optimizer state and step."""
+    model.scalar_head.requires_grad_(False)   # unused by the LM loss (and DDP insists every weight gets a grad)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, eps=1e-8)
+    if ckpt is None:
+        return optimizer, 0
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if rank == 0:
+        print(f"resuming from step {ckpt['step']}")
+    return optimizer, ckpt["step"]
+
+
+def train(model, optimizer, cfg, get_batch, evaluate, save, log, step=0, rank=0, world=1, metrics=None, stop=None):
     """The training loop shared by pretraining and SFT; cfg is a LoopConfig (PretrainConfig, SFTConfig).
 
     get_batch(step, micro) -> (x, targets, pad_mask) for that step: a pure function of the step,
     so a resumed run sees exactly the batches the uninterrupted run would have seen.
-    evaluate() -> dict of metrics; save(step, metrics) writes the checkpoint (rank 0 only).
+    evaluate() -> dict of metrics; save(step, metrics) writes the checkpoint (rank 0 only) every
+    --save-interval steps, at the end, and when stop() (common.ctrl_c_stops: Ctrl-C was pressed) ends the loop
+    between two steps.
+    step, metrics: where a resumed run starts, and its checkpoint's metrics (that step's evaluation is in the log).
+    Returns (metrics of the last evaluation, the step stop() ended the loop at or None).
     """
     raw = model.module if world > 1 else model
     ctx = autocast(str(next(raw.parameters()).device).split(":")[0], cfg.precision)
-    t_start, t_last, metrics, n_tokens = time.time(), time.time(), {}, 0
+    if rank == 0:
+        warn_warmup(cfg.warmup_iters, cfg.max_iters)
+    start, t_last, metrics, n_tokens = step, time.time(), metrics or {}, 0
     model.train()
     while True:
-        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60
-        last = step >= cfg.max_iters or out_of_time
-        if rank == 0 and (step % cfg.eval_interval == 0 or last):
+        out_of_time = cfg.max_minutes > 0 and time.time() - log.t0 > cfg.max_minutes * 60
+        last, stopped = step >= cfg.max_iters or out_of_time, stop is not None and stop()
+        if rank == 0 and (step % cfg.eval_interval == 0 or last) and not stopped and (step > start or step == 0):
             metrics = {"step": step, **evaluate()}
             log(metrics, "eval  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            if step > 0:
-                save(step, metrics)
-        if last:
-            return metrics
+        if rank == 0 and (stopped or step > start and (step % cfg.save_interval == 0 or last)):
+            save(step, metrics)
+        if last or stopped:
+            return metrics, step if stopped else None
         lr = cosine_lr(step, cfg.max_iters, cfg.lr, cfg.warmup_iters)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -135,21 +165,27 @@ def train(model, optimizer, cfg, get_batch, evaluate, save, log, step=0, rank=0,
             dt, t_last = time.time() - t_last, time.time()
             log({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm.item()},
                 f"step {step}/{cfg.max_iters}  loss {loss.item():.4f}  lr {lr:.2e}  "
-                f"{n_tokens / dt:,.0f} tok/s  eta {log.eta(step, cfg.max_iters)}")
+                f"{n_tokens / dt:,.0f} tok/s  eta {eta(log.t0, step - start, cfg.max_iters - start)}")
             n_tokens = 0
 
 
 def main(argv=None):
-    cfg = parse_config(PretrainConfig, __doc__.split("\n")[0], argv)
+    cfg = parse_config(PretrainConfig, __doc__, argv, stage="pretrain")
+    if cfg.n_embd % cfg.n_head:
+        fail(f"--n-embd {cfg.n_embd}: must be a multiple of --n-head {cfg.n_head}")
+    if cfg.pos == "rope" and cfg.n_embd // cfg.n_head % 2:
+        fail(f"--n-embd {cfg.n_embd} --n-head {cfg.n_head}: rotary positions (--pos rope) need an even "
+             f"head size, not {cfg.n_embd // cfg.n_head}")
     rank, world, device = ddp_setup(pick_device(cfg.device))
     log_dir = os.path.dirname(os.path.abspath(cfg.out))
-    os.makedirs(log_dir, exist_ok=True)
+    ckpt = load_resume(cfg, "pretrain")
+    saved_tok = bpe.Tokenizer.from_state_dict(ckpt["tokenizer"]) if ckpt else None
     if rank == 0:
-        tok, tokens = prepare_tokens(cfg, log_dir)
+        tok, tokens = prepare_tokens(cfg, log_dir, saved_tok)
     if world > 1:  # rank 0 builds the caches, the others read them
         torch.distributed.barrier()
         if rank != 0:
-            tok, tokens = prepare_tokens(cfg, log_dir)
+            tok, tokens = prepare_tokens(cfg, log_dir, saved_tok)
     n_val = int(len(tokens) * cfg.val_fraction)
     train_tokens, val_tokens = tokens[:-n_val] if n_val else tokens, tokens[-n_val:]
     if min(len(train_tokens), len(val_tokens)) <= cfg.block_size + 1:
@@ -160,17 +196,7 @@ def main(argv=None):
     model_cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos=cfg.pos, mlp=cfg.mlp)
     model = GPT(model_cfg).to(device)
-    model.scalar_head.requires_grad_(False)   # unused by the LM loss (and DDP insists every weight gets a grad)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, eps=1e-8)
-    step = 0
-    if cfg.resume:
-        ckpt = load_checkpoint(cfg.out, ("pretrain",), flag="--resume")
-        if ckpt["config"] != asdict(model_cfg) or "optimizer" not in ckpt:
-            fail(f"--resume {cfg.out}: its model config differs from these flags (or it has no optimizer state)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        print(f"resuming from step {step}")
+    optimizer, step = loop_start(model, cfg, ckpt, rank)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     if rank == 0:
@@ -186,11 +212,20 @@ def main(argv=None):
     raw = model.module if world > 1 else model
     ctx = autocast(device.split(":")[0], cfg.precision)
     evaluate = lambda: {"val_loss": lm_loss(raw, lambda i: batch(val_tokens, i), cfg.eval_iters, ctx)}
-    save = lambda step, metrics: save_checkpoint(
-        cfg.out, stage="pretrain", model=raw, tokenizer=tok, step=step, args=asdict(cfg),
-        metrics=metrics, optimizer=optimizer.state_dict())
-    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", enabled=rank == 0, append=cfg.resume)
-    metrics = train(model, optimizer, cfg, get_batch, evaluate, save, log, step, rank, world)
+    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", enabled=rank == 0, resume_at=step if ckpt else None)
+
+    def save(step, metrics):
+        save_checkpoint(cfg.out, stage="pretrain", model=raw, tokenizer=tok, step=step, args=asdict(cfg),
+                        metrics=metrics, optimizer=optimizer.state_dict())
+        svg_chart(os.path.splitext(cfg.out)[0] + ".svg", [loss_panel(log.records, "pretraining")])
+    with ctrl_c_stops() as stop:
+        metrics, stopped_at = train(model, optimizer, cfg, get_batch, evaluate, save, log, step, rank, world,
+                                    ckpt["metrics"] if ckpt else None, stop)
+    if stopped_at is not None:
+        ddp_cleanup()
+        if rank == 0:
+            interrupted("train_pretrain.py", cfg.out, stopped_at)
+        raise SystemExit(130)
     if rank == 0:
         print(f"val loss {metrics['val_loss']:.4f} (perplexity {math.exp(metrics['val_loss']):.1f}); samples:")
         eot = tok.special_tokens["<|endoftext|>"]
@@ -199,7 +234,8 @@ def main(argv=None):
         for t in tokens_out:
             print("  >", tok.decode([i for i in t if i != eot]).strip().replace("\n", " "))
     ddp_cleanup()
+    return metrics
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

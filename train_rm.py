@@ -5,6 +5,7 @@
     python train_rm.py --policy out/round1/ppo.pt --data out/round1/rm.rankings.jsonl
                                                   # steps 2 and 3 repeated: rank samples of the newer policy,
                                                   # and train on them plus the earlier rounds' rankings
+    python train_rm.py --resume                   # finish a run Ctrl-C stopped (it samples its rankings again)
 
 The reward model is the SFT model with its scalar head, read at the last real token of
 <|user|>{prompt}<|assistant|>{response}<|end|>, i.e. at the <|end|> (never mean-pooled). Every response of
@@ -18,12 +19,13 @@ the checkpoint, and common.load_reward_model() applies them (common also holds t
 RM is evaluated on held-out prompts against the labeler: pairwise accuracy vs the noisy labels and vs the
 noise-free order, and Spearman's rank correlation, on samples of the SFT model (--init) and, with --policy,
 on samples of that policy too: the one PPO will start from, whose mistakes the new rankings are meant to catch.
-Every ranking the RM trained on is written next to it (out/rm.rankings.jsonl), the --data of the next round.
+Rankings of your own (--data without --policy) have no gold score: a held-out part of them (--val-fraction)
+gives the pairwise accuracy instead. Next to --out: the log, its picture (.svg, loss and pairwise accuracy)
+and every ranking the RM trained on (out/rm.rankings.jsonl), the --data of the next round.
 """
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -32,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, autocast, check_flags, check_tokenizer, cosine_lr, fail, load_model,
-                    parse_config, pick_device, save_checkpoint, score_all, score_seqs)
+from common import (POLICY_STAGES, Log, RunConfig, autocast, check_tokenizer, cosine_lr, ctrl_c_stops, eta, fail,
+                    flag, interrupted, load_resume, load_model, parse_config, pick_device, run_script,
+                    save_checkpoint, score_all, score_seqs, single_process, svg_chart, warn, warn_warmup)
 from data import encode_prompt, load_rankings, response_text, sample_responses, write_jsonl
 
 
@@ -42,28 +45,30 @@ SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a sma
 
 
 @dataclass
-class RMConfig:
-    init: str = "out/sft.pt"         # the trunk the RM starts from (InstructGPT: the SFT model)
+class RMConfig(RunConfig):
+    init: str = flag("out/sft.pt", "the trunk the RM starts from (InstructGPT: the SFT model)", fixed=True)
     out: str = "out/rm.pt"
-    policy: str = ""                 # sample the K responses from this checkpoint instead of --init
-    data: str = ""                   # rankings JSONL to train on; new ones are sampled (and the simulated
-                                     # labeler ranks them) too when --policy is named or --data is empty
-    k: int = 8                       # responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives
-                                     # 28 pairs per 8 forwards, K=4 only 12 per 8, at the same sampling cost
-    n_prompts: int = 500             # rankings to collect: the training prompts, cycled
-    eval_prompts: int = 90           # rankings on held-out prompts for the evaluation (10 per prompt)
-    label_noise: float = 0.05        # std of the Gaussian noise the labeler adds to its score
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    epochs: int = 1                  # InstructGPT: more than one epoch over the rankings overfits
-    batch_size: int = 2              # rankings per step (K responses each)
-    lr: float = 3e-4
-    warmup_iters: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
+    policy: str = flag("", "sample the K responses from this checkpoint instead of --init", fixed=True)
+    data: str = flag("", "rankings JSONL to train on, {prompt, responses: [best, ..., worst]} or {prompt, chosen, "
+                     "rejected}; new ones are sampled (and the simulated labeler ranks them) too when --policy is "
+                     "named or --data is empty", fixed=True)
+    k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 pairs per 8 "
+                  "forwards, K=4 only 12 per 8, at the same sampling cost", "[2, 9]", fixed=True)
+    n_prompts: int = flag(500, "rankings to collect: the training prompts, cycled", "[1, inf)", fixed=True)
+    eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per prompt)", "[1, inf)")
+    val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings held out for the "
+                               "evaluation", "(0, 1)", fixed=True)
+    label_noise: float = flag(0.05, "std of the Gaussian noise the labeler adds to its score", "[0, inf)", fixed=True)
+    temperature: float = flag(1.0, "sampling temperature of the responses", "(0, inf)", fixed=True)
+    max_new_tokens: int = flag(64, "longest response sampled, in tokens", "[1, inf)", fixed=True)
+    epochs: int = flag(1, "passes over the rankings (InstructGPT: more than one overfits)", "[1, inf)")
+    batch_size: int = flag(2, "rankings per step (K responses each)", "[1, inf)")
+    lr: float = flag(3e-4, "peak learning rate (AdamW): linear warm-up, then cosine decay to a tenth", "(0, inf)")
+    warmup_iters: int = flag(10, "steps of learning-rate warm-up", "[0, inf)")
+    weight_decay: float = flag(0.0, "AdamW weight decay, on matrices only", "[0, inf)")
+    grad_clip: float = flag(1.0, "largest global norm of the gradient", "(0, inf)")
+    seed: int = flag(1337, "the seed of the samples, the labeler's noise, the held-out split and the batches",
+                     fixed=True)
 
 
 # ----------------------------------------------------------------------------- the loss (InstructGPT eq. 1)
@@ -132,17 +137,30 @@ def ranking_records(rankings, end):
 
 
 # ----------------------------------------------------------------------------- train, normalize, evaluate
-def train(model, rankings, cfg, device, log=None):
-    """cfg.epochs passes over the rankings, cfg.batch_size rankings per step. Returns the last loss."""
+def train(model, rankings, cfg, device, log=None, save=None, start=0, optimizer_state=None, stop=None):
+    """cfg.epochs passes over the rankings, cfg.batch_size rankings per step; the log gets the mean loss and pair
+    accuracy of every 10 steps. A resumed run passes its checkpoint's step (start) and optimizer state and skips
+    the steps done. stop() (common.ctrl_c_stops: Ctrl-C was pressed) ends it between two steps, where
+    save(step, optimizer state) writes the checkpoint.
+    Returns (the last step's loss, the step stop() ended it at or None)."""
     ctx = autocast(device, cfg.precision)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     max_steps = math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs
-    g, step, loss = random.Random(cfg.seed), 0, torch.tensor(float("nan"))
+    warn_warmup(cfg.warmup_iters, max_steps)
+    g, step, loss, recent = random.Random(cfg.seed), 0, torch.tensor(float("nan")), []
     model.train()
     for epoch in range(cfg.epochs):
         order = list(range(len(rankings)))
         g.shuffle(order)
         for b in range(0, len(order), cfg.batch_size):
+            if step < start:   # done before the run was resumed
+                step += 1
+                continue
+            if stop is not None and stop():
+                save(step, optimizer.state_dict())
+                return loss.item(), step
             batch = [rankings[i] for i in order[b:b + cfg.batch_size]]
             lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_iters)
             for group in optimizer.param_groups:
@@ -156,11 +174,14 @@ def train(model, rankings, cfg, device, log=None):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            recent.append((loss.item(), acc))
             if log and (step % 10 == 0 or step == max_steps):
-                log({"step": step, "loss": loss.item(), "acc": acc, "lr": lr, "grad_norm": norm.item()},
-                    f"step {step}/{max_steps}  loss {loss.item():.4f}  pair acc {acc:.2f}  lr {lr:.2e}  "
-                    f"eta {log.eta(step, max_steps)}")
-    return loss.item()
+                mean_loss, mean_acc = np.mean(recent, axis=0).tolist()
+                recent = []
+                log({"step": step, "loss": mean_loss, "acc": mean_acc, "lr": lr, "grad_norm": norm.item()},
+                    f"step {step}/{max_steps}  loss {mean_loss:.4f}  pair acc {mean_acc:.2f}  lr {lr:.2e}  "
+                    f"eta {eta(log.t0, step - start, max_steps - start)}")
+    return loss.item(), None
 
 
 def fit_normalization(model, seqs, device, ctx):
@@ -209,20 +230,31 @@ def evaluate(model, rankings, device, ctx):
     return metrics
 
 
+def rm_chart(path, records, metrics):
+    """The picture of a run: ranking loss and pairwise accuracy (training: means over 10 steps), and the
+    held-out evaluation's values marked at the last step."""
+    steps = [r for r in records if "acc" in r]
+    training = lambda key: [("training (10-step means)", [(r["step"], r[key]) for r in steps])]
+    at_end = lambda key, label: [(steps[-1]["step"], metrics[key], label)] if steps and key in metrics else []
+    svg_chart(path, [
+        {"title": "ranking loss (eq. 1)", "xlabel": "step", "ylabel": "loss (nats)", "series": training("loss"),
+         "markers": at_end("heldout_loss", "held-out")},
+        {"title": "pairwise accuracy", "xlabel": "step", "ylabel": "share of pairs in the right order",
+         "series": training("acc"),
+         "markers": at_end("heldout_acc_noisy", "held-out vs labels") + at_end("heldout_acc_gold", "vs gold")}])
+
+
 def main(argv=None):
-    cfg = parse_config(RMConfig, __doc__.split("\n")[0], argv)
-    if not 2 <= cfg.k <= 9:
-        fail(f"--k {cfg.k}: rank between 2 and 9 responses per prompt (InstructGPT's labelers ranked 4 to 9)")
-    check_flags(positive=(("--n-prompts", cfg.n_prompts), ("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size),
-                          ("--max-new-tokens", cfg.max_new_tokens), ("--eval-prompts", cfg.eval_prompts)),
-                nonnegative=(("--label-noise", cfg.label_noise),))
+    single_process("train_rm.py")
+    cfg = parse_config(RMConfig, __doc__, argv, stage="rm")
+    ckpt = load_resume(cfg, "rm")   # an interrupted run: a finished one keeps no optimizer state
     device = pick_device(cfg.device)
     ctx = autocast(device, cfg.precision)
     torch.manual_seed(cfg.seed)
-    model, tok, ckpt = load_model(cfg.init, ("pretrain", "sft"), device)
-    if ckpt["stage"] == "pretrain":
-        print(f"warning: --init {cfg.init} is a pretrain checkpoint; InstructGPT starts the reward model "
-              f"from the SFT model (out/sft.pt)", file=sys.stderr)
+    model, tok, init_ckpt = load_model(cfg.init, ("pretrain", "sft"), device)
+    if init_ckpt["stage"] == "pretrain":
+        warn(f"--init {cfg.init} is a pretrain checkpoint; InstructGPT starts the reward model from the SFT model "
+             f"(out/sft.pt)")
     policy = model
     if cfg.policy:
         policy, policy_tok, _ = load_model(cfg.policy, POLICY_STAGES, device, flag="--policy")
@@ -235,8 +267,16 @@ def main(argv=None):
     prompts = [train_p[i % len(train_p)] for i in range(cfg.n_prompts)]
     knobs = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                  label_noise=cfg.label_noise, device=device, ctx=ctx)
-    rankings, norm_seqs = file_rankings(tok, cfg.data) if cfg.data else [], None
-    if cfg.policy or not cfg.data:
+    rankings = file_rankings(tok, cfg.data) if cfg.data else []
+    own = cfg.data and not cfg.policy   # only your rankings: a held-out part of them is the evaluation, no gold
+    if own:
+        if len(rankings) < 2:
+            fail(f"--data {cfg.data}: needs at least 2 rankings (a part is held out for the evaluation), found 1")
+        random.Random(cfg.seed).shuffle(rankings)
+        n_val = max(1, round(len(rankings) * cfg.val_fraction))
+        eval_sets, rankings = {"heldout_": rankings[:n_val]}, rankings[n_val:]
+        prompts = [rk["prompt"] for rk in rankings]   # the normalization's samples answer your prompts
+    else:   # new rankings of --policy's samples (of --init's without one), after the file's
         new, norm_seqs = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
         if not new:
             fail(f"--init {cfg.policy or cfg.init}: no prompt got 2 distinct responses; raise --temperature")
@@ -246,33 +286,60 @@ def main(argv=None):
             responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
                                          seed=cfg.seed + 2, device=device, batch_size=SAMPLE_BATCH)
         norm_seqs = [encode_prompt(tok, p) + r for p, r in zip(prompts, responses)]
-    held_prompts = [held[i % len(held)] for i in range(cfg.eval_prompts)]
-    eval_sets = {"heldout_": sample_rankings(model, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]}
-    if cfg.policy:
-        eval_sets["heldout_policy_"] = sample_rankings(policy, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]
+    if not own:   # the held-out test: rankings of SFT's samples and, with --policy, of the policy's
+        held_prompts = [held[i % len(held)] for i in range(cfg.eval_prompts)]
+        eval_sets = {"heldout_": sample_rankings(model, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]}
+        if cfg.policy:
+            eval_sets["heldout_policy_"] = sample_rankings(policy, tok, held_prompts, seed=cfg.seed + 1, **knobs)[0]
     rk = rankings[-1]
     print(f"{len(rankings)} rankings ({sum(map(len, (r['seqs'] for r in rankings)))} responses) and "
           f"{len(eval_sets['heldout_'])} held-out rankings in {time.time() - t0:.0f}s; e.g. for {rk['prompt']!r}:\n" +
           "\n".join(f"  {i + 1}. {t!r}" for i, t in enumerate(rk["texts"])))
+    n_pairs = sum(math.comb(len(r["seqs"]), 2) for r in rankings)
+    if n_pairs * cfg.epochs < 200:
+        warn(f"{n_pairs} pairs x {cfg.epochs} epoch(s) are too few to learn a reward from (the default run "
+             f"trains on about 14,000)")
 
     # 2. train (eq. 1), 3. normalize on SFT samples, 4. evaluate on held-out prompts
-    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl")
-    train_loss = train(model, rankings, cfg, device, log)
+    start = ckpt["step"] if ckpt else 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        print(f"resuming from step {start} (the rankings above are the run's own, sampled again)")
+    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", resume_at=start if ckpt else None)
+    picture = os.path.splitext(cfg.out)[0] + ".svg"
+
+    def save_interrupted(step, optimizer_state):   # no normalization yet: load_reward_model refuses it
+        save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, step=step, args=asdict(cfg),
+                        optimizer=optimizer_state)
+        rm_chart(picture, log.records, {})
+    with ctrl_c_stops() as stop:
+        train_loss, stopped_at = train(model, rankings, cfg, device, log, save_interrupted, start,
+                                       ckpt["optimizer"] if ckpt else None, stop)
+    if stopped_at is not None:
+        interrupted("train_rm.py", cfg.out, stopped_at)
     gain, bias = fit_normalization(model, norm_seqs, device, ctx)
     metrics = {"train_loss": train_loss, "rankings": len(rankings), "rm_gain": gain, "rm_bias": bias}
     for prefix, eval_rankings in eval_sets.items():
         metrics.update({prefix + k: v for k, v in evaluate(model, eval_rankings, device, ctx).items()})
     log(metrics, "held-out  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    write_jsonl(os.path.splitext(cfg.out)[0] + ".rankings.jsonl", ranking_records(rankings, tok.special_tokens["<|end|>"]))
-    save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, step=math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs,
-                    args=asdict(cfg), metrics=metrics, rm_gain=gain, rm_bias=bias)
-    print(f"held-out pairwise accuracy {metrics.get('heldout_acc_gold', float('nan')):.1%} vs the noise-free "
-          f"labeler, {metrics.get('heldout_acc_noisy', float('nan')):.1%} vs its noisy labels; Spearman "
-          f"{metrics.get('heldout_spearman', float('nan')):.3f}" +
-          (f"; {metrics.get('heldout_policy_acc_gold', float('nan')):.1%} on --policy's samples" if cfg.policy else "") +
-          f". Wrote {cfg.out} ({time.time() - t0:.0f}s)")
+    write_jsonl(os.path.splitext(cfg.out)[0] + ".rankings.jsonl",
+                ranking_records(rankings, tok.special_tokens["<|end|>"]))
+    save_checkpoint(cfg.out, stage="rm", model=model, tokenizer=tok, args=asdict(cfg), metrics=metrics, rm_gain=gain,
+                    rm_bias=bias, step=math.ceil(len(rankings) / cfg.batch_size) * cfg.epochs)
+    rm_chart(picture, log.records, metrics)
+    if own:
+        print(f"held-out pairwise accuracy {metrics['heldout_acc_noisy']:.1%} on {len(eval_sets['heldout_'])} of "
+              f"your rankings (loss {metrics['heldout_loss']:.3f}); no gold score exists for them. Wrote {cfg.out} "
+              f"({time.time() - t0:.0f}s)")
+    else:
+        print(f"held-out pairwise accuracy {metrics.get('heldout_acc_gold', float('nan')):.1%} vs the noise-free "
+              f"labeler, {metrics.get('heldout_acc_noisy', float('nan')):.1%} vs its noisy labels; Spearman "
+              f"{metrics.get('heldout_spearman', float('nan')):.3f}" +
+              (f"; {metrics.get('heldout_policy_acc_gold', float('nan')):.1%} on --policy's samples"
+               if cfg.policy else "") +
+              f". Wrote {cfg.out} ({time.time() - t0:.0f}s)")
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

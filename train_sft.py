@@ -2,10 +2,15 @@
 
     python train_sft.py --init out/pretrain.pt     # demonstrations written by the simulated labeler
     python train_sft.py --data demos.jsonl         # or your own {"prompt","response"} / Alpaca records
+    python train_sft.py --resume                   # continue out/sft.pt with its own flags (Ctrl-C saves)
+    torchrun --nproc_per_node=2 train_sft.py       # DistributedDataParallel, as in pretraining
 
 Each example is  <|user|>{prompt}<|assistant|>{response}<|end|>  and the loss covers only the
 response and its <|end|> (data.encode_example). It runs the pretraining loop (train_pretrain.train)
-with these batches, and evaluates on held-out prompts with the simulated labeler.
+with these batches. Each evaluation reports the loss on held-out demonstrations and samples responses:
+to the simulated labeler's held-out prompts, scored by it (the gold score), when the demonstrations are
+its task; to the held-out demonstrations' prompts otherwise, where no gold score exists and only the share
+of responses that end with <|end|> is reported. Next to --out: the log and its picture (.svg).
 """
 import os
 import random
@@ -14,10 +19,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 import labeler
-from common import Log, autocast, fail, load_model, parse_config, pick_device, save_checkpoint
+from common import (Log, autocast, ctrl_c_stops, ddp_cleanup, ddp_setup, fail, flag, interrupted, load_resume,
+                    load_model, parse_config, pick_device, run_script, save_checkpoint, svg_chart)
 from data import encode_example, load_demonstrations, read_corpus, response_text, sample_responses
 from gpt import left_pad
-from train_pretrain import LoopConfig, lm_loss, train
+from train_pretrain import LoopConfig, lm_loss, loop_start, loss_panel, train
 
 
 @dataclass
@@ -27,15 +33,17 @@ class SFTConfig(LoopConfig):         # the loop's knobs, with SFT's own defaults
     max_iters: int = 300
     weight_decay: float = 0.0
     eval_iters: int = 5
-    init: str = "out/pretrain.pt"
+    init: str = flag("out/pretrain.pt", "the model to fine-tune (a pretrain or sft checkpoint)", fixed=True)
     out: str = "out/sft.pt"
-    data: str = ""                   # demonstrations JSONL; empty: the simulated labeler writes them
-    corpus: str = "data/sotu.txt.gz" # where the simulated labeler finds its demonstrations
-    n_demos: int = 2000              # the corpus holds about 2,030 sentences that earn full marks
-    val_fraction: float = 0.05
-    eval_samples: int = 64           # responses sampled on held-out prompts at each evaluation
-    temperature: float = 0.7         # sampling for the labeler evaluation
-    max_new_tokens: int = 64
+    data: str = flag("", "demonstrations JSONL, {prompt, response} or Alpaca records; empty: the simulated "
+                     "labeler writes them", fixed=True)
+    corpus: str = flag("data/sotu.txt.gz", "where the simulated labeler finds its demonstrations", fixed=True)
+    n_demos: int = flag(2000, "demonstrations the labeler writes (the corpus holds ~2,030 that earn full marks)",
+                        "[2, inf)", fixed=True)
+    val_fraction: float = flag(0.05, "share of the demonstrations held out for validation", "(0, 1)", fixed=True)
+    eval_samples: int = flag(64, "responses sampled on held-out prompts at each evaluation; 0: none", "[0, inf)")
+    temperature: float = flag(0.7, "sampling temperature of those responses", "(0, inf)")
+    max_new_tokens: int = flag(64, "longest response sampled, in tokens", "[1, inf)")
 
 
 def make_examples(tok, pairs, block_size):
@@ -52,59 +60,88 @@ def collate(rows, device):
 
 
 @torch.no_grad()
-def labeler_eval(model, tok, prompts, cfg, device):
-    """Mean simulated-labeler score and the share of responses that end with <|end|>."""
+def sample_eval(model, tok, prompts, cfg, device, gold):
+    """The share of sampled responses that end with <|end|>, and with gold=True the mean simulated-labeler score."""
     responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed,
                                  device=device)
     texts, ended = zip(*(response_text(tok, r) for r in responses))
-    scores = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, texts, ended)]
-    return {"gold_score": sum(scores) / len(scores), "ended": sum(ended) / len(ended)}
+    scores = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, texts, ended)] if gold else []
+    return {**({"gold_score": sum(scores) / len(scores)} if gold else {}), "ended": sum(ended) / len(ended)}
+
+
+def sample_panel(records):
+    """The picture's second chart: what the evaluations' samples show (gold score, share ended) per step."""
+    evals = [r for r in records if "ended" in r]
+    series = [(name, [(r["step"], r[key]) for r in evals if key in r], "line+dots")
+              for name, key in (("gold score (labeler)", "gold_score"), ("share ended with <|end|>", "ended"))]
+    return {"title": "held-out samples", "xlabel": "step", "ylabel": "score / share", "series": series}
 
 
 def main(argv=None):
-    cfg = parse_config(SFTConfig, __doc__.split("\n")[0], argv)
-    device = pick_device(cfg.device)
-    model, tok, ckpt = load_model(cfg.init, ("pretrain", "sft"), device)
+    cfg = parse_config(SFTConfig, __doc__, argv, stage="sft")
+    rank, world, device = ddp_setup(pick_device(cfg.device))
+    ckpt = load_resume(cfg, "sft")
+    model, tok, init_ckpt = load_model(cfg.init, ("pretrain", "sft"), device)
     if cfg.data:
         pairs = load_demonstrations(cfg.data)
     else:
-        pairs = [(d["prompt"], d["response"]) for d in labeler.demonstrations(read_corpus(cfg.corpus), cfg.n_demos, cfg.seed)]
-    random.Random(cfg.seed).shuffle(pairs)
-    n_val = max(1, int(len(pairs) * cfg.val_fraction))
+        demos = labeler.demonstrations(read_corpus(cfg.corpus), cfg.n_demos, cfg.seed)
+        pairs = [(d["prompt"], d["response"]) for d in demos]
     if len(pairs) < 2:
         fail(f"--data {cfg.data or cfg.corpus}: need at least 2 demonstrations, found {len(pairs)}")
+    random.Random(cfg.seed).shuffle(pairs)
+    n_val = max(1, int(len(pairs) * cfg.val_fraction))
     examples = make_examples(tok, pairs, model.config.block_size)
     train_rows, val_rows = examples[n_val:], examples[:n_val]
-    print(f"{len(train_rows)} training and {len(val_rows)} validation demonstrations, e.g.\n"
-          f"  {pairs[0][0]!r} -> {pairs[0][1]!r}")
+    labeler_task = all(labeler.parse_prompt(p) for p, _ in pairs)   # else no gold score exists
+    if rank == 0:
+        print(f"{len(train_rows)} training and {len(val_rows)} validation demonstrations, e.g.\n"
+              f"  {pairs[0][0]!r} -> {pairs[0][1]!r}")
 
     def get_batch(step, micro):
-        g = random.Random(cfg.seed * 1_000_003 + step * cfg.grad_accum + micro)
+        g = random.Random(cfg.seed * 1_000_003 + (step * cfg.grad_accum + micro) * world + rank)
         return collate(g.choices(train_rows, k=cfg.batch_size), device)
 
     val_batches = [collate(val_rows[i:i + cfg.batch_size], device) for i in range(0, len(val_rows), cfg.batch_size)]
     val_batches = val_batches[: cfg.eval_iters]
-    heldout = labeler.heldout_prompts()
+    heldout = labeler.heldout_prompts() if labeler_task else [p for p, _ in pairs[:n_val]]
     eval_prompts = [heldout[i % len(heldout)] for i in range(cfg.eval_samples)]
-    ctx = autocast(device, cfg.precision)
-
-    history = []  # the first entry (step 0) is the initial model: the baseline SFT must beat
+    ctx = autocast(device.split(":")[0], cfg.precision)
 
     def evaluate():
-        history.append({"val_loss": lm_loss(model, lambda i: val_batches[i], len(val_batches), ctx),
-                        **labeler_eval(model, tok, eval_prompts, cfg, device)})
-        return history[-1]
+        samples = sample_eval(model, tok, eval_prompts, cfg, device, labeler_task) if eval_prompts else {}
+        return {"val_loss": lm_loss(model, lambda i: val_batches[i], len(val_batches), ctx), **samples}
 
-    model.scalar_head.requires_grad_(False)   # the LM loss does not use it
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, eps=1e-8)
-    save = lambda step, metrics: save_checkpoint(cfg.out, stage="sft", model=model, tokenizer=tok,
-                                                 step=step, args=asdict(cfg), metrics=metrics)
-    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl")
-    metrics = train(model, optimizer, cfg, get_batch, evaluate, save, log)
-    print(f"held-out labeler score: {history[0]['gold_score']:.3f} before SFT ({ckpt['stage']} model), "
-          f"{metrics['gold_score']:.3f} after; {history[0]['ended']:.0%} -> {metrics['ended']:.0%} of "
-          f"responses end with <|end|>. Wrote {cfg.out}")
+    optimizer, step = loop_start(model, cfg, ckpt, rank)
+    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", enabled=rank == 0, resume_at=step if ckpt else None)
+
+    def save(step, metrics):
+        save_checkpoint(cfg.out, stage="sft", model=model, tokenizer=tok, step=step, args=asdict(cfg),
+                        metrics=metrics, optimizer=optimizer.state_dict())
+        svg_chart(os.path.splitext(cfg.out)[0] + ".svg",
+                  [loss_panel(log.records, "supervised fine-tuning"), sample_panel(log.records)])
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    with ctrl_c_stops() as stop:
+        metrics, stopped_at = train(wrapped, optimizer, cfg, get_batch, evaluate, save, log, step, rank, world,
+                                    ckpt["metrics"] if ckpt else None, stop)
+    ddp_cleanup()
+    if stopped_at is not None:
+        if rank == 0:
+            interrupted("train_sft.py", cfg.out, stopped_at)
+        raise SystemExit(130)
+    if rank != 0:
+        return metrics
+    first = next((r for r in log.records if "val_loss" in r), metrics)   # step 0: the --init model, SFT's baseline
+    change = lambda key, spec: f"{format(first.get(key, float('nan')), spec)} -> {format(metrics[key], spec)}"
+    report = [f"held-out loss {change('val_loss', '.3f')}"]
+    if "gold_score" in metrics:
+        report.append(f"labeler score {change('gold_score', '.3f')}")
+    if "ended" in metrics:
+        report.append(f"responses ending with <|end|> {change('ended', '.0%')}")
+    print(f"{'; '.join(report)} (before: the {init_ckpt['stage']} model). " + ("" if labeler_task else
+          "No gold score: these demonstrations are not the simulated labeler's task. ") + f"Wrote {cfg.out}")
+    return metrics
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -43,6 +43,45 @@ def make_checkpoint(path, stage, tok, seed=0, scale=1.0, **config):
     return str(path)
 
 
+def interrupt(cmd, after, cwd):
+    """Run cmd, press Ctrl-C (SIGINT) once a line of its output holds `after`: (exit status, stdout, stderr)."""
+    import signal
+    import subprocess
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if after in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def interrupted_at(returncode, stderr, out):
+    """The step of a run Ctrl-C stopped, after checking that it said so in one line and saved it."""
+    import re
+    import torch
+    lines = stderr.strip().splitlines()
+    assert returncode == 130 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    match = re.fullmatch(rf"interrupted at \w+ (\d+): saved {re.escape(str(out))}; continue with: "
+                         rf"python \w+\.py --resume --out {re.escape(str(out))}", lines[0])
+    assert match, lines[0]
+    assert torch.load(out, weights_only=True)["step"] == int(match.group(1))
+    return int(match.group(1))
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def read_chart(path):
+    """{series name: [(x, y)]} from a picture's data-points (common.svg_chart), and every text in it."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(path).getroot()
+    series = {g.get("data-name"): [tuple(map(float, p.split(","))) for p in g.get("data-points").split()]
+              for g in root.iter(SVG + "g")}
+    return series, [t.text for t in root.iter(SVG + "text")]
 def reset_connection(sock):
     """Close a client socket with a TCP reset, as a browser tab that is closed mid-request can."""
     import socket

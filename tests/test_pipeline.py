@@ -2,6 +2,7 @@
 import json
 import time
 
+from conftest import read_chart
 import common
 import pipeline
 from data import load_rankings
@@ -31,4 +32,15 @@ def test_quick_pipeline_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert [r["round"] for r in res["rounds"]] == [1, 2] and all(res["gold_kl"]["ppo_iterations"])
     out = capsys.readouterr().out
     assert "| model | gold ± se |" in out and "stage times:" in out
+    # summary.md: a row per stage (each round's too) with its headline, links to every stage's picture, what next
+    summary = (tmp_path / "summary.md").read_text()
+    for stage in times:
+        assert f"| {stage} | " in summary
+    for stage, picture in (("pretrain", "pretrain"), ("sft", "sft"), ("rm (round 1)", "round1/rm"),
+                           ("ppo (round 1)", "round1/ppo"), ("rm (round 2)", "rm"), ("ppo (round 2)", "ppo")):
+        name = picture.split("/")[-1]
+        assert f"[{name}.svg]({picture}.svg)" in summary and f"![{stage}]({picture}.svg)" in summary
+        read_chart(tmp_path / f"{picture}.svg")   # each parses as XML
+    assert f"python chat.py --ckpt {tmp_path / 'ppo.pt'}" in summary   # the last round's policy
+    assert "validation loss" in summary and "pairwise accuracy" in summary and "python chat.py --ckpt" in summary
     print(f"quick pipeline: {time.time() - t0:.0f}s")

@@ -175,14 +175,18 @@ def test_main_samples_trains_and_writes_an_rm_checkpoint(tmp_path, tiny_tok):
     assert common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))["args"]["policy"] == ppo
 
 
-def test_main_with_rankings_file(tmp_path, tiny_tok):
+def test_main_with_rankings_file_holds_out_a_part_of_them_and_claims_no_gold(tmp_path, tiny_tok, capsys):
     sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
     data = write_jsonl(tmp_path / "rankings.jsonl", [
         {"prompt": PROMPT, "responses": ["Our economy is strong.", "The economy.", "Bad."]},
-        {"prompt": "Say hi.", "chosen": "Hi there!", "rejected": "No."}])
-    train_rm.main(tiny_flags(tmp_path, sft, "--data", data))
-    ckpt = common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))
-    assert ckpt["metrics"]["rankings"] == 2
+        {"prompt": "Say hi.", "chosen": "Hi there!", "rejected": "No."}] * 5)
+    train_rm.main(tiny_flags(tmp_path, sft, "--data", data, "--val-fraction", "0.2"))
+    metrics = common.load_checkpoint(str(tmp_path / "rm.pt"), ("rm",))["metrics"]
+    assert metrics["rankings"] == 8   # 2 of the 10 are held out: the accuracy is measured on them
+    assert 0 <= metrics["heldout_acc_noisy"] <= 1 and "heldout_acc_gold" not in metrics
+    out, err = capsys.readouterr()
+    assert "on 2 of your rankings" in out and "no gold score" in out
+    assert "pairs x 1 epoch(s) are too few" in err   # 8 rankings: 17 pairs
 
 
 def test_the_next_round_samples_the_policy_and_keeps_the_earlier_rankings(tmp_path, tiny_tok, monkeypatch):
@@ -238,12 +242,6 @@ def test_bad_rankings_file(tmp_path, tiny_tok, records, expected):
     assert expected in error_of(train_rm.main, tiny_flags(tmp_path, sft, "--data", data))
 
 
-def test_bad_k(tmp_path, tiny_tok):
-    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
-    for k in ("1", "10"):
-        assert error_of(train_rm.main, tiny_flags(tmp_path, sft) + ["--k", k]).startswith(f"error: --k {k}:")
-
-
 def test_init_of_the_wrong_stage(tmp_path, tiny_tok, capsys):
     for stage in ("rm", "ppo"):
         path = make_checkpoint(tmp_path / f"{stage}.pt", stage, tiny_tok)
@@ -259,3 +257,23 @@ def test_ppo_reward_must_be_a_reward_model(tmp_path, tiny_tok):
     sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
     msg = error_of(train_ppo.main, ["--init", sft, "--reward", sft, "--out", str(tmp_path / "ppo.pt"), "--device", "cpu"])
     assert "--reward" in msg and "reward model" in msg
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_run(tmp_path, tiny_tok):
+    import sys
+    from conftest import ROOT, interrupt, interrupted_at, read_chart
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    out = tmp_path / "rm.pt"
+    flags = tiny_flags(tmp_path, sft, "--n-prompts", "20", "--batch-size", "1", "--epochs", "50")
+    rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_rm.py"), *flags], "step 10/", tmp_path)
+    step = interrupted_at(rc, stderr, out)
+    assert "rm_gain" not in torch.load(out, weights_only=True)   # not normalized yet: PPO refuses it, saying why
+    assert "finish it with python train_rm.py --resume" in error_of(common.load_reward_model, str(out))
+    metrics = train_rm.main(["--resume", "--out", str(out), "--epochs", "2"])   # a shorter run: 2 epochs, not 50
+    ckpt = torch.load(out, weights_only=True)
+    assert "rm_gain" in ckpt and ckpt["step"] == 2 * metrics["rankings"] > step and ckpt["args"]["k"] == 3
+    log = [json.loads(line) for line in open(tmp_path / "rm.log.jsonl")]
+    steps = [r["step"] for r in log if "acc" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == ckpt["step"]   # each step once
+    series, _ = read_chart(tmp_path / "rm.svg")
+    assert [y for _, y in series["training (10-step means)"]] == pytest.approx([r["acc"] for r in log if "acc" in r])

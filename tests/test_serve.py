@@ -391,8 +391,8 @@ def test_command_line(ckpts):
 @pytest.mark.parametrize("flags, error", [
     (["--ckpt", "{ppo}", "--ckpt", "{tmp}/ppo.pt"], "--ckpt .*/ppo.pt: a model is already named 'ppo'"),
     (["--max-n", "9", "--max-batch", "4"], "--max-n 9: cannot be over --max-batch 4"),
-    (["--max-tokens", "0"], "--max-tokens 0: must be positive"),
-    (["--gather", "-1"], "--gather -1.0: cannot be negative"),
+    (["--max-tokens", "0"], "--max-tokens 0: must be >= 1"),
+    (["--gather", "-1"], "--gather -1.0: must be >= 0"),
     (["--port", "70000"], "--port 70000: must be 0..65535"),
     (["--ckpt", "{tmp}/rm.pt"], "--ckpt .*rm.pt: is a 'rm' checkpoint"),
     (["--ckpt", "{tmp}/none.pt"], "--ckpt .*none.pt: no such file"),

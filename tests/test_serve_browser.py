@@ -8,8 +8,9 @@ import pytest
 from conftest import make_checkpoint, need_browser
 from test_serve import PROMPT, greedy, start
 
-from data import encode_example, encode_prompt, fit_context
+from data import encode_example, encode_prompt
 from gpt import GPT
+from web import fit_context
 
 need_browser()
 from selenium.webdriver.common.by import By  # noqa: E402

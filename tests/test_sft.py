@@ -75,3 +75,26 @@ def test_sft_refuses_a_reward_model(tmp_path, tiny_tok):
     init = make_checkpoint(tmp_path / "rm.pt", "rm", tiny_tok)
     with pytest.raises(SystemExit, match="is a 'rm' checkpoint, expected pretrain or sft"):
         train_sft.main(["--init", init, "--device", "cpu"])
+
+
+def test_ctrl_c_saves_and_resume_continues(tmp_path, tiny_tok, capsys):
+    import sys
+    from conftest import ROOT, interrupt, interrupted_at, read_chart
+    init = make_checkpoint(tmp_path / "pretrain.pt", "pretrain", tiny_tok)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Count to {n}.", "response": " ".join(map(str, range(1, n + 1)))})
+                             + "\n" for n in range(1, 9)) * 4)
+    out = tmp_path / "sft.pt"
+    rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_sft.py"), "--init", init, "--data", str(demos),
+                                    "--out", str(out), "--max-iters", "100000", "--eval-interval", "20",
+                                    "--eval-samples", "2", "--max-new-tokens", "4", "--batch-size", "4",
+                                    "--device", "cpu"], "step 30/", tmp_path)
+    step = interrupted_at(rc, stderr, out)
+    train_sft.main(["--resume", "--out", str(out), "--max-iters", str(step + 5)])
+    assert torch.load(out, weights_only=True)["step"] == step + 5
+    evals = [json.loads(line) for line in open(tmp_path / "sft.log.jsonl") if "val_loss" in line]
+    assert [r["step"] for r in evals] == list(range(0, step, 20)) + [step + 5]
+    assert "gold_score" not in evals[-1] and "No gold score" in capsys.readouterr().out   # not the labeler's task
+    series, _ = read_chart(tmp_path / "sft.svg")
+    assert [x for x, _ in series["validation loss"]] == [r["step"] for r in evals]
+    assert series["gold score (labeler)"] == [] and len(series["share ended with <|end|>"]) == len(evals)
