@@ -29,7 +29,7 @@ from gpt import GPT, GPTConfig
 @dataclass
 class LoopConfig(RunConfig):
     """The knobs of train(), the loop pretraining and SFT share, with pretraining's defaults."""
-    batch_size: int = flag(32, "sequences per step (per process under torchrun)", "[1, inf)")
+    batch_size: int = flag(16, "sequences per step (per process under torchrun)", "[1, inf)")
     grad_accum: int = flag(1, "micro-batches whose gradients add up to one step", "[1, inf)")
     lr: float = flag(2e-3, "peak learning rate (AdamW): linear warm-up, then cosine decay to a tenth", "(0, inf)")
     warmup_iters: int = flag(50, "steps of learning-rate warm-up", "[0, inf)")
@@ -54,7 +54,7 @@ class PretrainConfig(LoopConfig):
     n_layer: int = flag(4, "transformer blocks", "[1, inf)", fixed=True)
     n_head: int = flag(4, "attention heads (--n-embd must be a multiple of it)", "[1, inf)", fixed=True)
     n_embd: int = flag(256, "width of the residual stream", "[1, inf)", fixed=True)
-    block_size: int = flag(128, "context length in tokens", "[2, inf)", fixed=True)
+    block_size: int = flag(256, "context length in tokens (256 holds three turns of the demo task)", "[2, inf)", fixed=True)
     pos: str = flag("rope", "positions: rotary (RoFormer) or a learned table (GPT-2)", choices=("rope", "learned"),
                     fixed=True)
     mlp: str = flag("swiglu", "MLP: SiLU-gated (Shazeer 2020) or GELU (GPT-2)", choices=("swiglu", "gelu"), fixed=True)

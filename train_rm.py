@@ -54,7 +54,8 @@ class RMConfig(RunConfig):
                      "named or --data is empty", fixed=True)
     k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 pairs per 8 "
                   "forwards, K=4 only 12 per 8, at the same sampling cost", "[2, 9]", fixed=True)
-    n_prompts: int = flag(500, "rankings to collect: the training prompts, cycled", "[1, inf)", fixed=True)
+    n_prompts: int = flag(3000, "rankings to collect: the training prompts, cycled (accuracy grows with them up "
+                          "to ~3,000)", "[1, inf)", fixed=True)
     eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per prompt)", "[1, inf)")
     val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings held out for the "
                                "evaluation", "(0, 1)", fixed=True)

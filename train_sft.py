@@ -28,6 +28,7 @@ from train_pretrain import LoopConfig, lm_loss, loop_start, loss_panel, train
 
 @dataclass
 class SFTConfig(LoopConfig):         # the loop's knobs, with SFT's own defaults where they differ
+    batch_size: int = 32
     lr: float = 5e-4
     warmup_iters: int = 20
     max_iters: int = 300
