@@ -1,7 +1,7 @@
 """The whole chain in one command: pretrain -> SFT -> (RM -> PPO) x rounds -> eval, each stage's time, the report.
 
-    python pipeline.py                      # the defaults, into out/ (about a quarter of an hour on a 2-core CPU)
-    python pipeline.py --rounds 1           # steps 2 and 3 once
+    python pipeline.py                      # the defaults, into out/ (15 to 25 minutes on a 2-core CPU)
+    python pipeline.py --rounds 2           # steps 2 and 3 twice (one round is the default: README, Levers)
     python pipeline.py --quick              # tiny settings on a slice of the corpus, into out/quick/ (about a minute)
 
 InstructGPT runs step 1 (SFT) once and repeats steps 2 and 3: round r ranks samples of round r-1's policy
