@@ -357,12 +357,13 @@ def main(argv=None):
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
-    ref, _, ref_ckpt = load_model(cfg.ref, POLICY_STAGES, device, flag="--ref") if cfg.ref else (None, tok, init_ckpt)
+    ref, ref_tok, ref_ckpt = load_model(cfg.ref, POLICY_STAGES, device, flag="--ref") if cfg.ref else (None, tok, init_ckpt)
     if ref_ckpt["stage"] != "sft":
         warn(f"the KL reference {cfg.ref or cfg.init} is a {ref_ckpt['stage']!r} checkpoint; InstructGPT's is the "
              f"SFT model")
-    if ref_ckpt["tokenizer"] != init_ckpt["tokenizer"] or ref_ckpt["config"] != init_ckpt["config"]:
-        fail(f"--ref {cfg.ref}: not the same model shape and tokenizer as --init {cfg.init}")
+    check_tokenizer(ref_tok, tok, f"--ref {cfg.ref}", f"--init {cfg.init}'s")
+    if ref_ckpt["config"] != init_ckpt["config"]:
+        fail(f"--ref {cfg.ref}: not the same model shape as --init {cfg.init}")
     reward, rm, rm_tok, rm_ckpt = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
     check_tokenizer(rm_tok, tok, f"--reward {cfg.reward}", f"--init {cfg.init}'s")
     prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
@@ -399,9 +400,7 @@ def main(argv=None):
         if ckpt["config"] != init_ckpt["config"] or "optimizer" not in ckpt or "kl_beta" not in ckpt:
             fail(f"--resume {cfg.out}: not a PPO run of --init {cfg.init} (other model config, or no optimizer state)")
         policy.load_state_dict(ckpt["model"])
-        if critic is not None:
-            if "critic" not in ckpt:
-                fail(f"--resume {cfg.out}: that run had no separate critic (--critic {ckpt['args'].get('critic')})")
+        if critic is not None:   # --critic is fixed: parse_config already refused a resume that changes it
             critic.load_state_dict(ckpt["critic"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_iter, beta = ckpt["step"], ckpt["kl_beta"]

@@ -299,7 +299,7 @@ def main(argv=None):
     n_pairs = sum(math.comb(len(r["seqs"]), 2) for r in rankings)
     if n_pairs * cfg.epochs < 200:
         warn(f"{n_pairs} pairs x {cfg.epochs} epoch(s) are too few to learn a reward from (the default run "
-             f"trains on about 14,000)")
+             f"trains on about 84,000)")
 
     # 2. train (eq. 1), 3. normalize on SFT samples, 4. evaluate on held-out prompts
     start = ckpt["step"] if ckpt else 0
