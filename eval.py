@@ -34,6 +34,7 @@ main() runs the phases at the end of this file: load, samples, KL, RM scores, go
 import json
 import math
 import os
+import pathlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -41,10 +42,12 @@ import numpy as np
 import torch
 
 import labeler
-from common import (autocast, check_tokenizer, fail, flag, load_checkpoint, load_model, load_reward_model,
-                    parse_config, pick_device, svg_chart)
+from common import (autocast, check_tokenizer, fail, load_checkpoint, load_model,
+                    load_reward_model, pick_device, write_atomically)
 from data import (action_logprobs, cached_tokens, encode_prompt, get_lm_batch, pad_episodes, read_corpus,
                   response_text, sample_responses)
+from flags import flag, parse_config
+from plot import svg_chart
 from train_pretrain import lm_loss
 from train_rm import RMConfig, evaluate as rm_evaluate, sample_rankings
 
@@ -53,24 +56,31 @@ BEST_OF = (1, 2, 4, 8, 16, 32)
 
 @dataclass
 class EvalConfig:
-    out_dir: str = "out"               # where the checkpoints are looked for and the report is written
-    pretrain: str = ""                 # empty: <out-dir>/pretrain.pt if it exists (same for the next three)
-    sft: str = ""
-    ppo: str = ""
-    rm: str = ""
-    corpus: str = ""                   # perplexity and few-shot demos; empty: the pretrain checkpoint's --data
-    samples_per_prompt: int = flag(20, "x 9 held-out prompts = samples per row (best-of-32 draws 32 times that)",
-                                   "[1, inf)")
-    temperature: float = 1.0           # the distribution PPO optimized (and its KL was measured at)
-    max_new_tokens: int = flag(64, "longest response, in tokens", "[1, inf)")
-    shots: int = 3                     # few-shot: at most this many demonstrations (fewer if the context is full)
-    ppl_iters: int = 4                 # validation batches per model for the perplexity
-    rm_rankings: int = flag(64, "fresh held-out rankings, of SFT's and of the final policy's samples, for the RM's "
-                                "accuracy", "[1, inf)")
-    show: int = 3                      # prompts with samples side by side in the report
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
+    out_dir: str = flag("out", "where the checkpoints are looked for and the report is written")
+    pretrain: str = flag("", "the pretrained model; empty: <out-dir>/pretrain.pt if it is there")
+    sft: str = flag("", "the SFT model (the reference of KL and win rate); empty: <out-dir>/sft.pt "
+                    "if it is there")
+    ppo: str = flag("", "the final PPO policy; empty: <out-dir>/ppo.pt and the earlier rounds' "
+                    "<out-dir>/round<r>/ppo.pt if they are there")
+    rm: str = flag("", "the reward model (RM column, best-of-N, RM accuracy); empty: <out-dir>/rm.pt "
+                   "if it is there")
+    corpus: str = flag("", "the corpus for perplexity and the few-shot demonstrations; empty: the "
+                       "pretrain checkpoint's --data")
+    samples_per_prompt: int = flag(20, "x 9 held-out prompts = samples per row (best-of-32 draws 32 "
+                                   "times that)", ge=1)
+    temperature: float = flag(1.0, "sampling temperature: the distribution PPO optimized (and its KL "
+                              "was measured at)", gt=0)
+    max_new_tokens: int = flag(64, "longest response, in tokens", ge=1)
+    shots: int = flag(3, "few-shot: at most this many demonstrations (fewer if the context is full)",
+                      ge=0)
+    ppl_iters: int = flag(4, "validation batches per model for the perplexity", ge=1)
+    rm_rankings: int = flag(64, "fresh held-out rankings, of SFT's and of the final policy's samples, "
+                            "for the RM's accuracy", ge=1)
+    show: int = flag(3, "prompts whose samples the report shows side by side", ge=0)
+    seed: int = flag(1337, "the seed of the samples")
+    device: str = flag("auto", "auto: cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
+    precision: str = flag("auto", "auto: bf16 autocast on GPUs and on CPUs with bf16, else fp32",
+                          choices=("auto", "bf16", "fp32"))
 
 
 # ----------------------------------------------------------------------------- the statistics
@@ -376,10 +386,13 @@ def round_table(paths, summary):
 
 
 # ----------------------------------------------------------------------------- main
+def write_text(path, text):
+    write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def main(argv=None):
     cfg = parse_config(EvalConfig, __doc__.split("\n")[0], argv)
     t_start = time.time()
-    os.makedirs(cfg.out_dir, exist_ok=True)
     device = pick_device(cfg.device)
     ctx = autocast(device, cfg.precision)
     paths, policies, tok, rm = load_checkpoints(cfg, device)
@@ -406,10 +419,8 @@ def main(argv=None):
            "perplexity": perplexity, "rm_accuracy": rm_acc, "rounds": rounds, "gold_kl": gold_kl,
            "samples": samples, "chart": chart, "seconds": time.time() - t_start}
     report = markdown(res)
-    with open(os.path.join(cfg.out_dir, "eval.md"), "w", encoding="utf-8") as f:
-        f.write(report)
-    with open(os.path.join(cfg.out_dir, "eval.json"), "w", encoding="utf-8") as f:
-        json.dump(res, f, indent=1, ensure_ascii=False)
+    write_text(os.path.join(cfg.out_dir, "eval.md"), report)
+    write_text(os.path.join(cfg.out_dir, "eval.json"), json.dumps(res, indent=1, ensure_ascii=False))
     print(report)
     print(f"wrote {os.path.join(cfg.out_dir, 'eval.md')}, eval.json{' and ' + os.path.basename(chart) if chart else ''}")
     return res

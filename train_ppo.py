@@ -37,11 +37,13 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, RunConfig, autocast, check_tokenizer, ctrl_c_stops, eta, fail, flag,
-                    interrupted, last_index, load_checkpoint, load_model, load_reward_model, parse_config, pick_device,
-                    run_script, save_checkpoint, single_process, svg_chart, warn)
+from common import (POLICY_STAGES, Log, autocast, check_tokenizer, ctrl_c_stops, eta, fail,
+                    interrupted, last_index, load_checkpoint, load_model, load_reward_model,
+                    pick_device, run_script, save_checkpoint, single_process, warn)
 from data import (action_logprobs, encode_prompt, get_lm_batch, load_prompts, pad_episodes, read_corpus,
                   response_text)
+from flags import RunConfig, flag, parse_config
+from plot import svg_chart
 
 # ----------------------------------------------------------------------------- the math
 # Layout: data.py's episodes, (B, T-1) grids whose column t is the action a_t = idx[:, t+1] in state
@@ -127,45 +129,51 @@ def update_beta(beta, kl, target, n, horizon):
 @dataclass
 class PPOConfig(RunConfig):
     init: str = flag("out/sft.pt", "the policy PPO starts from (round 1: the SFT model)", fixed=True)
-    ref: str = flag("", "the frozen KL reference; empty: --init. Later rounds start from the last round's policy "
-                    "and keep the SFT model here", fixed=True)
+    ref: str = flag("", "the frozen KL reference; empty: --init. Later rounds start from the last "
+                    "round's policy and keep the SFT model here", fixed=True)
     reward: str = flag("out/rm.pt", "the reward model (stage rm, from train_rm.py)", fixed=True)
-    out: str = "out/ppo.pt"
-    prompts: str = flag("", "prompts JSONL, {prompt} records; empty: the simulated labeler's training prompts",
-                        fixed=True)
+    out: str = "out/ppo.pt"   # help: flags.RunConfig
+    prompts: str = flag("", "prompts JSONL, {prompt} records; empty: the simulated labeler's training "
+                        "prompts", fixed=True)
     # rollout
-    batch_size: int = flag(32, "episodes (prompt, response) per iteration", "[1, inf)")
-    max_new_tokens: int = flag(64, "longest response, in tokens", "[1, inf)")
-    temperature: float = flag(1.0, "pure sampling at T; every log-prob divides by the same T", "(0, inf)")
+    batch_size: int = flag(32, "episodes (prompt, response) per iteration", ge=1)
+    max_new_tokens: int = flag(64, "longest response, in tokens", ge=1)
+    temperature: float = flag(1.0, "pure sampling at T; every log-prob divides by the same T", gt=0)
     no_end_penalty: float = flag(-1.0, "the score of a response that never wrote <|end|>")
     # PPO update
-    ppo_epochs: int = flag(4, "passes over each batch of episodes", "[1, inf)")
-    minibatch_size: int = flag(8, "episodes per gradient step", "[1, inf)")
-    lr: float = flag(6e-5, "Adam (eps 1e-5), decaying linearly to 0; on the default models the first iteration's "
-                     "approx-KL is ~0.2 (clip fraction 0.4), later ones < 0.01; 3e-5 gained less gold", "(0, inf)")
-    clip: float = flag(0.2, "policy ratio clip (PPO eq. 7)", "(0, inf)")
-    vf_clip: float = flag(0.2, "value clip, in (normalized) reward units", "(0, inf)")
-    vf_coef: float = flag(0.1, "weight of the value loss", "[0, inf)")
-    critic: str = flag("rm", "the value function: rm (a separate critic initialised from the reward model: more "
-                       "gold at less KL, ~20% slower) or shared (a head on the policy's trunk)", choices=("rm", "shared"),
-                       fixed=True)
-    gamma: float = flag(1.0, "discount (GAE)", "[0, 1]")
-    lam: float = flag(0.95, "lambda (GAE)", "[0, 1]")
-    grad_clip: float = flag(1.0, "largest global norm of the gradient", "(0, inf)")
+    ppo_epochs: int = flag(4, "passes over each batch of episodes", ge=1)
+    minibatch_size: int = flag(8, "episodes per gradient step", ge=1)
+    lr: float = flag(6e-5, "Adam (eps 1e-5), decaying linearly to 0; on the default models the first "
+                     "iteration's approx-KL is ~0.2 (clip fraction 0.4), later ones < 0.01; 3e-5 gained "
+                     "less gold", gt=0)
+    clip: float = flag(0.2, "policy ratio clip (PPO eq. 7)", gt=0)
+    vf_clip: float = flag(0.2, "value clip, in (normalized) reward units", gt=0)
+    vf_coef: float = flag(0.1, "weight of the value loss", ge=0)
+    critic: str = flag("rm", "the value function: rm (a separate critic initialised from the reward "
+                       "model: more gold at less KL, ~20% slower) or shared (a head on the policy's "
+                       "trunk)", choices=("rm", "shared"), fixed=True)
+    gamma: float = flag(1.0, "discount (GAE)", ge=0, le=1)
+    lam: float = flag(0.95, "lambda (GAE)", ge=0, le=1)
+    grad_clip: float = flag(1.0, "largest global norm of the gradient", gt=0)
     # KL penalty
-    beta: float = flag(0.1, "initial KL coefficient (InstructGPT eq. 2); 0: no KL penalty at all", "[0, inf)")
-    kl_target: float = flag(6.0, "KL per response (nats) the adaptive controller aims at; 0: fixed beta", "[0, inf)")
-    kl_horizon: int = flag(1000, "the controller's horizon, in episodes (Ziegler et al.: 10000 for runs of 100k+ "
-                           "episodes; the default run has ~2000, and beta must be able to move within it)", "[1, inf)")
+    beta: float = flag(0.1, "initial KL coefficient (InstructGPT eq. 2); 0: no KL penalty at all",
+                       ge=0)
+    kl_target: float = flag(6.0, "KL per response (nats) the adaptive controller aims at; 0: fixed "
+                            "beta", ge=0)
+    kl_horizon: int = flag(1000, "the controller's horizon, in episodes (Ziegler et al.: 10000 for runs "
+                           "of 100k+ episodes; the default run has ~2000, and beta must be able to move "
+                           "within it)", ge=1)
     # PPO-ptx: + ptx_coef * LM loss on corpus batches (InstructGPT eq. 2, last term)
-    ptx_coef: float = flag(0.0, "PPO-ptx: weight of the LM loss on corpus batches; 0: off", "[0, inf)")
+    ptx_coef: float = flag(0.0, "PPO-ptx: weight of the LM loss on corpus batches; 0: off", ge=0)
     ptx_data: str = flag("data/sotu.txt.gz", "PPO-ptx: the corpus (.txt/.txt.gz file or folder)")
-    ptx_batch_size: int = flag(4, "PPO-ptx: corpus sequences per gradient step", "[1, inf)")
+    ptx_batch_size: int = flag(4, "PPO-ptx: corpus sequences per gradient step", ge=1)
     # budget
-    max_iters: int = flag(100, "iterations (a rollout and its update) in all", "[1, inf)")
-    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", "[0, inf)")
-    save_interval: int = flag(10, "iterations between checkpoints (also at the end, and on Ctrl-C)", "[1, inf)")
-    eval_samples: int = flag(64, "the held-out check at the end: responses per model (PPO, SFT); 0: skip", "[0, inf)")
+    max_iters: int = flag(100, "iterations (a rollout and its update) in all", ge=1)
+    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", ge=0)
+    save_interval: int = flag(10, "iterations between checkpoints (also at the end, and on Ctrl-C)",
+                              ge=1)
+    eval_samples: int = flag(64, "the held-out check at the end: responses per model (PPO, SFT); "
+                             "0: skip", ge=0)
 
 
 # ----------------------------------------------------------------------------- rollout + loop

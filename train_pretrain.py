@@ -19,46 +19,49 @@ from dataclasses import asdict, dataclass
 import torch
 
 import tokenizer as bpe
-from common import (Log, RunConfig, autocast, cosine_lr, ctrl_c_stops, ddp_cleanup, ddp_setup, eta, eval_mode, fail,
-                    flag, interrupted, load_resume, parse_config, pick_device, run_script, save_checkpoint,
-                    svg_chart, warn_warmup)
+from common import (Log, autocast, cosine_lr, ctrl_c_stops, ddp_cleanup, ddp_setup, eta, eval_mode,
+                    fail, interrupted, load_resume, pick_device, run_script, save_checkpoint,
+                    warn_warmup, write_atomically)
 from data import cached_tokens, get_lm_batch, read_corpus
+from flags import OptimizerConfig, flag, parse_config
 from gpt import GPT, GPTConfig
+from plot import svg_chart
 
 
 @dataclass
-class LoopConfig(RunConfig):
-    """The knobs of train(), the loop pretraining and SFT share, with pretraining's defaults."""
-    batch_size: int = flag(16, "sequences per step (per process under torchrun)", "[1, inf)")
-    grad_accum: int = flag(1, "micro-batches whose gradients add up to one step", "[1, inf)")
-    lr: float = flag(2e-3, "peak learning rate (AdamW): linear warm-up, then cosine decay to a tenth", "(0, inf)")
-    warmup_iters: int = flag(50, "steps of learning-rate warm-up", "[0, inf)")
-    max_iters: int = flag(550, "steps in all (550: about 5.5 minutes on a 2-core CPU)", "[1, inf)")
-    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", "[0, inf)")
-    weight_decay: float = flag(0.1, "AdamW weight decay, on matrices only", "[0, inf)")
-    grad_clip: float = flag(1.0, "largest global norm of the gradient", "(0, inf)")
-    eval_interval: int = flag(100, "steps between evaluations", "[1, inf)")
-    eval_iters: int = flag(20, "validation batches per evaluation", "[1, inf)")
-    save_interval: int = flag(100, "steps between checkpoints (also at the end, and on Ctrl-C)", "[1, inf)")
+class LoopConfig(OptimizerConfig):
+    """The knobs of train(), the loop pretraining and SFT share, with pretraining's defaults
+    (the optimizer's flags: flags.OptimizerConfig)."""
+    batch_size: int = flag(16, "sequences per step (per process under torchrun)", ge=1)
+    grad_accum: int = flag(1, "micro-batches whose gradients add up to one step", ge=1)
+    max_iters: int = flag(550, "steps in all (550: about 5.5 minutes on a 2-core CPU)", ge=1)
+    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", ge=0)
+    eval_interval: int = flag(100, "steps between evaluations", ge=1)
+    eval_iters: int = flag(20, "validation batches per evaluation", ge=1)
+    save_interval: int = flag(100, "steps between checkpoints (also at the end, and on Ctrl-C)", ge=1)
 
 
 @dataclass
 class PretrainConfig(LoopConfig):
-    data: str = flag("data/sotu.txt.gz", "the corpus: a .txt/.txt.gz file or a folder of them", fixed=True)
-    out: str = "out/pretrain.pt"
+    data: str = flag("data/sotu.txt.gz", "the corpus: a .txt/.txt.gz file or a folder of them",
+                     fixed=True)
+    out: str = "out/pretrain.pt"   # help: flags.RunConfig
     tokenizer: str = flag("", "a tokenizer JSON file; empty: train a BPE on the corpus", fixed=True)
-    vocab_size: int = flag(2048, "tokens of the BPE trained on the corpus (256 bytes, merges, 4 special)",
-                           "[260, 65536]", fixed=True)
-    val_fraction: float = flag(0.05, "share of the corpus (its end) kept for validation", "(0, 1)", fixed=True)
+    vocab_size: int = flag(2048, "tokens of the BPE trained on the corpus (256 bytes, merges, "
+                           "4 special)", ge=260, le=65536, fixed=True)
+    val_fraction: float = flag(0.05, "share of the corpus (its end) kept for validation",
+                               gt=0, lt=1, fixed=True)
     # the model (GPTConfig)
-    n_layer: int = flag(4, "transformer blocks", "[1, inf)", fixed=True)
-    n_head: int = flag(4, "attention heads (--n-embd must be a multiple of it)", "[1, inf)", fixed=True)
-    n_embd: int = flag(256, "width of the residual stream", "[1, inf)", fixed=True)
-    block_size: int = flag(256, "context length in tokens (256 holds three turns of the demo task)", "[2, inf)", fixed=True)
-    pos: str = flag("rope", "positions: rotary (RoFormer) or a learned table (GPT-2)", choices=("rope", "learned"),
-                    fixed=True)
-    mlp: str = flag("swiglu", "MLP: SiLU-gated (Shazeer 2020) or GELU (GPT-2)", choices=("swiglu", "gelu"), fixed=True)
-    dropout: float = flag(0.0, "dropout probability", "[0, 1)")
+    n_layer: int = flag(4, "transformer blocks", ge=1, fixed=True)
+    n_head: int = flag(4, "attention heads (--n-embd must be a multiple of it)", ge=1, fixed=True)
+    n_embd: int = flag(256, "width of the residual stream", ge=1, fixed=True)
+    block_size: int = flag(256, "context length in tokens (256 holds three turns of the demo task)",
+                           ge=2, fixed=True)
+    pos: str = flag("rope", "positions: rotary (RoFormer) or a learned table (GPT-2)",
+                    choices=("rope", "learned"), fixed=True)
+    mlp: str = flag("swiglu", "MLP: SiLU-gated (Shazeer 2020) or GELU (GPT-2)",
+                    choices=("swiglu", "gelu"), fixed=True)
+    dropout: float = flag(0.0, "dropout probability", ge=0, lt=1)
 
 
 def prepare_tokens(cfg, log_dir, tok=None):
@@ -82,7 +85,7 @@ def prepare_tokens(cfg, log_dir, tok=None):
                 tok = bpe.train(text.replace("<|endoftext|>", "\n"), cfg.vocab_size)
             except ValueError as e:
                 fail(f"--vocab-size {cfg.vocab_size}: {e}")
-            tok.save(tok_path)
+            write_atomically(tok_path, tok.save)   # a killed run leaves no half-written cache
     return tok, cached_tokens(text, tok, log_dir)
 
 

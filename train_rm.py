@@ -34,10 +34,12 @@ import torch
 import torch.nn.functional as F
 
 import labeler
-from common import (POLICY_STAGES, Log, RunConfig, autocast, check_tokenizer, cosine_lr, ctrl_c_stops, eta, fail,
-                    flag, interrupted, load_resume, load_model, parse_config, pick_device, run_script,
-                    save_checkpoint, score_all, score_seqs, single_process, svg_chart, warn, warn_warmup)
+from common import (POLICY_STAGES, Log, autocast, check_tokenizer, cosine_lr, ctrl_c_stops, eta,
+                    fail, interrupted, load_resume, load_model, pick_device, run_script,
+                    save_checkpoint, score_all, score_seqs, single_process, warn, warn_warmup)
 from data import encode_prompt, load_rankings, response_text, sample_responses, write_jsonl
+from flags import OptimizerConfig, flag, parse_config
+from plot import svg_chart
 
 
 SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide batches
@@ -45,31 +47,33 @@ SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a sma
 
 
 @dataclass
-class RMConfig(RunConfig):
-    init: str = flag("out/sft.pt", "the trunk the RM starts from (InstructGPT: the SFT model)", fixed=True)
-    out: str = "out/rm.pt"
-    policy: str = flag("", "sample the K responses from this checkpoint instead of --init", fixed=True)
-    data: str = flag("", "rankings JSONL to train on, {prompt, responses: [best, ..., worst]} or {prompt, chosen, "
-                     "rejected}; new ones are sampled (and the simulated labeler ranks them) too when --policy is "
-                     "named or --data is empty", fixed=True)
-    k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 pairs per 8 "
-                  "forwards, K=4 only 12 per 8, at the same sampling cost", "[2, 9]", fixed=True)
-    n_prompts: int = flag(3000, "rankings to collect: the training prompts, cycled (accuracy grows with them up "
-                          "to ~3,000)", "[1, inf)", fixed=True)
-    eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per prompt)", "[1, inf)")
-    val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings held out for the "
-                               "evaluation", "(0, 1)", fixed=True)
-    label_noise: float = flag(0.05, "std of the Gaussian noise the labeler adds to its score", "[0, inf)", fixed=True)
-    temperature: float = flag(1.0, "sampling temperature of the responses", "(0, inf)", fixed=True)
-    max_new_tokens: int = flag(64, "longest response sampled, in tokens", "[1, inf)", fixed=True)
-    epochs: int = flag(1, "passes over the rankings (InstructGPT: more than one overfits)", "[1, inf)")
-    batch_size: int = flag(2, "rankings per step (K responses each)", "[1, inf)")
-    lr: float = flag(3e-4, "peak learning rate (AdamW): linear warm-up, then cosine decay to a tenth", "(0, inf)")
-    warmup_iters: int = flag(10, "steps of learning-rate warm-up", "[0, inf)")
-    weight_decay: float = flag(0.0, "AdamW weight decay, on matrices only", "[0, inf)")
-    grad_clip: float = flag(1.0, "largest global norm of the gradient", "(0, inf)")
-    seed: int = flag(1337, "the seed of the samples, the labeler's noise, the held-out split and the batches",
+class RMConfig(OptimizerConfig):
+    init: str = flag("out/sft.pt", "the trunk the RM starts from (InstructGPT: the SFT model)",
                      fixed=True)
+    out: str = "out/rm.pt"   # help: flags.RunConfig
+    policy: str = flag("", "sample the K responses from this checkpoint instead of --init", fixed=True)
+    data: str = flag("", "rankings JSONL to train on, {prompt, responses: [best, ..., worst]} or "
+                     "{prompt, chosen, rejected}; new ones are sampled (and the simulated labeler ranks "
+                     "them) too when --policy is named or --data is empty", fixed=True)
+    k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 pairs "
+                  "per 8 forwards, K=4 only 12 per 8, at the same sampling cost", ge=2, le=9, fixed=True)
+    n_prompts: int = flag(3000, "rankings to collect: the training prompts, cycled (accuracy grows with "
+                          "them up to ~3,000)", ge=1, fixed=True)
+    eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per prompt)", ge=1)
+    val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings held out "
+                               "for the evaluation", gt=0, lt=1, fixed=True)
+    label_noise: float = flag(0.05, "std of the Gaussian noise the labeler adds to its score", ge=0,
+                              fixed=True)
+    temperature: float = flag(1.0, "sampling temperature of the responses", gt=0, fixed=True)
+    max_new_tokens: int = flag(64, "longest response sampled, in tokens", ge=1, fixed=True)
+    epochs: int = flag(1, "passes over the rankings (InstructGPT: more than one overfits)", ge=1)
+    batch_size: int = flag(2, "rankings per step (K responses each)", ge=1)
+    seed: int = flag(1337, "the seed of the samples, the labeler's noise, the held-out split and the "
+                     "batches", fixed=True)
+    # the optimizer's knobs with the RM's defaults (their help and ranges: OptimizerConfig)
+    lr: float = 3e-4
+    warmup_iters: int = 10
+    weight_decay: float = 0.0
 
 
 # ----------------------------------------------------------------------------- the loss (InstructGPT eq. 1)

@@ -19,32 +19,39 @@ from dataclasses import asdict, dataclass
 import torch
 
 import labeler
-from common import (Log, autocast, ctrl_c_stops, ddp_cleanup, ddp_setup, fail, flag, interrupted, load_resume,
-                    load_model, parse_config, pick_device, run_script, save_checkpoint, svg_chart)
+from common import (Log, autocast, ctrl_c_stops, ddp_cleanup, ddp_setup, fail, interrupted,
+                    load_resume, load_model, pick_device, run_script, save_checkpoint)
 from data import encode_example, load_demonstrations, read_corpus, response_text, sample_responses
+from flags import flag, parse_config
 from gpt import left_pad
+from plot import svg_chart
 from train_pretrain import LoopConfig, lm_loss, loop_start, loss_panel, train
 
 
 @dataclass
-class SFTConfig(LoopConfig):         # the loop's knobs, with SFT's own defaults where they differ
+class SFTConfig(LoopConfig):
+    # the loop's knobs with SFT's own defaults (their help and ranges: LoopConfig, OptimizerConfig)
     batch_size: int = 32
     lr: float = 5e-4
     warmup_iters: int = 20
     max_iters: int = 300
     weight_decay: float = 0.0
     eval_iters: int = 5
-    init: str = flag("out/pretrain.pt", "the model to fine-tune (a pretrain or sft checkpoint)", fixed=True)
-    out: str = "out/sft.pt"
-    data: str = flag("", "demonstrations JSONL, {prompt, response} or Alpaca records; empty: the simulated "
-                     "labeler writes them", fixed=True)
-    corpus: str = flag("data/sotu.txt.gz", "where the simulated labeler finds its demonstrations", fixed=True)
-    n_demos: int = flag(2000, "demonstrations the labeler writes (the corpus holds ~2,030 that earn full marks)",
-                        "[2, inf)", fixed=True)
-    val_fraction: float = flag(0.05, "share of the demonstrations held out for validation", "(0, 1)", fixed=True)
-    eval_samples: int = flag(64, "responses sampled on held-out prompts at each evaluation; 0: none", "[0, inf)")
-    temperature: float = flag(0.7, "sampling temperature of those responses", "(0, inf)")
-    max_new_tokens: int = flag(64, "longest response sampled, in tokens", "[1, inf)")
+    init: str = flag("out/pretrain.pt", "the model to fine-tune (a pretrain or sft checkpoint)",
+                     fixed=True)
+    out: str = "out/sft.pt"   # help: flags.RunConfig
+    data: str = flag("", "demonstrations JSONL, {prompt, response} or Alpaca records; empty: the "
+                     "simulated labeler writes them", fixed=True)
+    corpus: str = flag("data/sotu.txt.gz", "where the simulated labeler finds its demonstrations",
+                       fixed=True)
+    n_demos: int = flag(2000, "demonstrations the labeler writes (the corpus holds ~2,030 that earn "
+                        "full marks)", ge=2, fixed=True)
+    val_fraction: float = flag(0.05, "share of the demonstrations held out for validation",
+                               gt=0, lt=1, fixed=True)
+    eval_samples: int = flag(64, "responses sampled on held-out prompts at each evaluation; 0: none",
+                             ge=0)
+    temperature: float = flag(0.7, "sampling temperature of those responses", gt=0)
+    max_new_tokens: int = flag(64, "longest response sampled, in tokens", ge=1)
 
 
 def make_examples(tok, pairs, block_size):
