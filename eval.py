@@ -16,9 +16,10 @@ The "pretrain" row prompts the base model in the chat template like the others; 
 tokens, so it rambles and never ends. Extra rows:
   zero-shot / few-shot: the pretrained model prompted the way GPT-2/3 prompt a base model, in plain text,
           since it has never seen the chat tokens: "{prompt} " (zero-shot), or a few labeler demonstrations
-          "{prompt} {response} " in front of it (few-shot: the shortest ones, as many as --shots and the 128-token
-          context allow). Its answer is the first sentence of 40 new tokens, and it counts as ended if it
-          finished that sentence (GPT-3's evaluations stop generation at a stop sequence the same way).
+          "{prompt} {response} " in front of it (few-shot: the shortest ones, as many as --shots and the model's
+          context, block_size (256 by default), allow). Its answer is the first sentence of 40 new tokens, and it
+          counts as ended if it finished that sentence (GPT-3's evaluations stop generation at a stop sequence
+          the same way).
   best-of-N: N SFT samples per prompt, the RM picks one (N = 1 is the SFT row itself). KL is the analytic
           log N - (N-1)/N of best-of-N sampling (Stiennon et al. 2020; an upper bound). The baseline PPO must beat.
   ppo (round r): the policy of each earlier RLHF round (pipeline.py --rounds), found in <out-dir>/round<r>/.
