@@ -174,17 +174,18 @@ def test_rollout_logprobs_equal_generate_and_ratio_is_one():
     responses, gen_logp = policy.generate(prompts, cfg.max_new_tokens, cfg.temperature, stop_token=END,
                                           generator=torch.Generator().manual_seed(0))
     b = ppo.rollout(policy, ref, prompts, cfg, END, g, ppo.autocast("cpu", "fp32"))
-    assert b["responses"] == responses
-    assert any(b["ended"]) and not all(b["ended"])
+    assert b.responses == responses
+    assert any(b.ended) and not all(b.ended)
+    assert b.ended == [r[-1] == END for r in responses]
     for i, r in enumerate(responses):
-        m = b["mask"][i].bool()
-        assert m.sum() == len(r) and b["idx"][i, -len(r):].tolist() == r
-        assert b["idx"][i, 1:][m].tolist() == r  # column t of the mask <-> action idx[t + 1]
+        m = b.mask[i].bool()
+        assert m.sum() == len(r) and b.idx[i, -len(r):].tolist() == r
+        assert b.idx[i, 1:][m].tolist() == r  # column t of the mask <-> action idx[t + 1]
         # recomputed with a full forward, at the sampling temperature, shifted by one: == generate's
-        assert torch.allclose(b["logp"][i][m], torch.tensor(gen_logp[i]), atol=1e-4)
-        assert (b["values"][i] == 0).all()  # the zero-initialised value head
-    logp, _, _ = ppo.forward(policy, b["idx"][:3], b["pad_mask"][:3], cfg.temperature)
-    _, clip_frac, approx_kl = ppo.policy_loss(logp, b["logp"][:3], torch.randn(3, logp.shape[1]), b["mask"][:3])
+        assert torch.allclose(b.logp[i][m], torch.tensor(gen_logp[i]), atol=1e-4)
+        assert (b.values[i] == 0).all()  # the zero-initialised value head
+    logp, _, _ = ppo.forward(policy, b.idx[:3], b.pad_mask[:3], cfg.temperature)
+    _, clip_frac, approx_kl = ppo.policy_loss(logp, b.logp[:3], torch.randn(3, logp.shape[1]), b.mask[:3])
     assert approx_kl.item() < 1e-10 and clip_frac.item() == 0
 
 
@@ -196,7 +197,8 @@ def test_toy_reward_goes_up():
     toy = lambda p, responses, ended: (torch.tensor([float(r.count(TOKEN)) for r in responses]), {})
     records = []
     cfg = tiny_cfg(no_end_penalty=0.0, minibatch_size=16, max_iters=20)
-    ppo.train(cfg, policy, ref, prompts, toy, END, log=lambda r, line: records.append(r))
+    ppo.train(cfg, ppo.Models(policy, ref), prompts, toy, END,
+              callbacks=ppo.Callbacks(log=lambda r, line: records.append(r)))
     first = sum(r["score"] for r in records[:3]) / 3
     last = sum(r["score"] for r in records[-3:]) / 3
     assert len(records) == 20 and first < 0.5 and last > first + 3, (first, last)
