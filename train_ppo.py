@@ -1,13 +1,13 @@
 """Stage 3: RLHF with PPO against the reward model (InstructGPT step 3).
 
-    python train_ppo.py --init out/sft.pt                 # reward model: out/rm.pt (--reward other)
-    python train_ppo.py --init out/sft.pt --kl-target 0   # fixed beta (--beta 0: no KL penalty at all)
-    python train_ppo.py --init out/round1/ppo.pt --ref out/sft.pt   # a later round: the reference stays SFT
+    python train_ppo.py --init out/sft.pt                # reward model: out/rm.pt (--reward other)
+    python train_ppo.py --init out/sft.pt --kl-target 0  # fixed beta (--beta 0: no KL penalty)
+    python train_ppo.py --init out/round1/ppo.pt --ref out/sft.pt  # a later round: reference = SFT
 
-The policy starts as a copy of --init and the reference is a frozen copy of --ref (default: --init). Each
-iteration samples responses to a batch of training prompts, scores them with the reward model,
-turns the scores into per-token rewards with a KL penalty against the reference (InstructGPT
-eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps.
+The policy starts as a copy of --init and the reference is a frozen copy of --ref (default:
+--init). Each iteration samples responses to a batch of training prompts, scores them with the
+reward model, turns the scores into per-token rewards with a KL penalty against the reference
+(InstructGPT eq. 2), estimates advantages with GAE and takes a few epochs of clipped PPO steps.
 
 Output: the LAST policy in --out (stage "ppo", with its optimizer and beta for --resume; also
 saved every --save-interval iterations, and when Ctrl-C stops it). Picking the "best" iteration by
@@ -24,12 +24,14 @@ At the end, --eval-samples responses to the held-out prompts from the PPO policy
 model get gold and RM scores (stored in the checkpoint's metrics as heldout_*). Prompts of a
 --prompts file that the labeler cannot parse (labeler.parse_prompt) have no gold score: "gold"
 averages the others, and is left out when none of a batch parse.
-The math is the small functions right below, each next to its equation; train() is the loop.
+The math is the small functions right below, each next to its equation; train() is the loop, and
+experience() and ppo_update() are its two halves.
 """
 import copy
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -40,8 +42,8 @@ import labeler
 from common import (POLICY_STAGES, Log, autocast, check_tokenizer, ctrl_c_stops, eta, fail,
                     interrupted, last_index, load_checkpoint, load_model, load_reward_model,
                     pick_device, run_script, save_checkpoint, single_process, warn)
-from data import (action_logprobs, encode_prompt, get_lm_batch, load_prompts, pad_episodes, read_corpus,
-                  response_text)
+from data import (action_logprobs, encode_prompt, get_lm_batch, load_prompts, pad_episodes,
+                  read_corpus, response_text)
 from flags import RunConfig, flag, parse_config
 from plot import svg_chart
 
@@ -94,7 +96,7 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
 
 def policy_loss(logp, old_logp, adv, mask, clip=0.2):
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
-        L = -E_t[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)],   rho_t = pi(a_t) / pi_old(a_t).
+        L = -E_t[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)],  rho_t = pi(a_t) / pi_old(a_t).
     Also returns the fraction of tokens where the clip is active and the approximate KL(old || new)
     estimated as E[(rho - 1) - log rho] (>= 0, unbiased)."""
     log_ratio = logp - old_logp
@@ -176,10 +178,74 @@ class PPOConfig(RunConfig):
                              "0: skip", ge=0)
 
 
+# ----------------------------------------------------------------------------- records
+@dataclass
+class Models:
+    """The models of a run."""
+    policy: torch.nn.Module                 # pi, the model PPO trains
+    ref: torch.nn.Module                    # pi_ref, frozen: the KL penalty is measured against it
+    critic: torch.nn.Module | None = None   # V, trained too; None: a head on the policy's trunk
+
+    def trained(self):
+        """The models the optimizer steps."""
+        return [self.policy] if self.critic is None else [self.policy, self.critic]
+
+
+@dataclass
+class Rollout:
+    """A batch of B episodes (prompt, sampled response), every action scored. The grids are the
+    layout above: (B, T-1), column t the action a_t = idx[:, t+1]."""
+    idx: torch.Tensor        # (B, T) prompt + response token ids, left-padded
+    pad_mask: torch.Tensor   # (B, T) True on real tokens, False on the padding
+    mask: torch.Tensor       # (B, T-1) 1.0 on the response's actions, else 0.0 (float, to multiply)
+    logp: torch.Tensor       # (B, T-1) log pi_old(a_t | s_t), at the sampling temperature
+    logp_ref: torch.Tensor   # (B, T-1) log pi_ref(a_t | s_t), the same
+    values: torch.Tensor     # (B, T-1) V_old(s_t) on the response, 0 elsewhere
+    entropy: float           # the policy's mean entropy per response token, nats
+    responses: list          # B lists of token ids, each ending with its <|end|> if it wrote one
+    ended: list              # B bools: the response wrote <|end|>
+
+
+@dataclass
+class Experience:
+    """A rollout made into what the update learns from: rewards (eq. 2) and advantages (GAE)."""
+    rollout: Rollout
+    scores: torch.Tensor       # (B,) the reward used: reward_fn's; --no-end-penalty without <|end|>
+    metrics: dict              # reward_fn's numbers for the log (rm, gold)
+    kl: torch.Tensor           # (B, T-1) log pi_old - log pi_ref on the response, 0 elsewhere
+    advantages: torch.Tensor   # (B, T-1) GAE, whitened over the response's actions
+    returns: torch.Tensor      # (B, T-1) the value targets: advantages (before whitening) + values
+
+
+@dataclass
+class TrainState:
+    """Where a run stands between two iterations: what --resume needs besides the weights. main()
+    builds it (new, or from the checkpoint), train() moves it along, save() writes it."""
+    iteration: int                     # iterations done
+    beta: float                        # the KL coefficient of the next iteration (eq. 2)
+    optimizer: torch.optim.Optimizer   # Adam over Models.trained(), with its moment estimates
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """How train() talks to its caller; the defaults do nothing."""
+    log: Callable = lambda record, line: None     # every iteration's record and its screen line
+    save: Callable = lambda state, record: None   # a checkpoint, when save_due and on an early stop
+    stop: Callable = lambda: False                # True: stop between two iterations (Ctrl-C)
+    ptx_batch: Callable | None = None             # ptx_batch(generator) -> (x, y): PPO-ptx's data
+
+
+def start_state(models, cfg):
+    """A new run: no iterations done, beta from --beta, a fresh Adam over the trained models."""
+    params = [p for m in models.trained() for p in m.parameters()]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)  # eps 1e-5: the PPO baselines'
+    return TrainState(iteration=0, beta=cfg.beta, optimizer=optimizer)
+
+
 # ----------------------------------------------------------------------------- rollout + loop
 def forward(model, idx, pad_mask, temperature, critic=None):
-    """Log-probs of the actions, the value of every state, and the logits, (B, T-1) / (B, T-1) / (B, T, V).
-    Without a separate critic one pass through the policy's trunk gives both heads."""
+    """Log-probs of the actions, the value of every state, and the logits, (B, T-1) / (B, T-1) /
+    (B, T, V). Without a separate critic one pass through the policy's trunk gives both heads."""
     h = model.hidden(idx, pad_mask)
     logits = model.lm_head(h)
     values = model.scalar(h) if critic is None else critic.scalar(critic.hidden(idx, pad_mask))
@@ -188,10 +254,11 @@ def forward(model, idx, pad_mask, temperature, critic=None):
 
 @torch.no_grad()
 def rollout(policy, ref, prompts, cfg, end_id, generator, ctx, critic=None):
-    """Sample one response per prompt (ending with its <|end|>, if any: data.py's rule for responses),
-    and score every action under the policy (the "old" log-probs and values of the update) and the
-    reference, with a full forward pass over prompt+response. Recomputing instead of keeping generate's
-    log-probs makes the update start at ratio exactly 1 (same code path), which a test checks."""
+    """Sample one response per prompt (ending with its <|end|>, if any: data.py's rule for
+    responses), and score every action under the policy (the "old" log-probs and values of the
+    update) and the reference, with a full forward pass over prompt+response. Recomputing instead
+    of keeping generate's log-probs makes the update start at ratio exactly 1 (same code path),
+    which a test checks."""
     with ctx:
         responses, _ = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                                        stop_token=end_id, generator=generator)
@@ -199,125 +266,159 @@ def rollout(policy, ref, prompts, cfg, end_id, generator, ctx, critic=None):
     with ctx:
         logp, values, logits = forward(policy, idx, pad_mask, cfg.temperature, critic)
         logp_ref, _, _ = forward(ref, idx, pad_mask, cfg.temperature)
-    return dict(idx=idx, pad_mask=pad_mask, mask=mask.float(), logp=logp, logp_ref=logp_ref,
-                values=values * mask, entropy=masked_mean(entropy(logits, cfg.temperature), mask).item(),
-                responses=responses, ended=[r[-1:] == [end_id] for r in responses])
+    return Rollout(idx=idx, pad_mask=pad_mask, mask=mask.float(), logp=logp, logp_ref=logp_ref,
+                   values=values * mask,
+                   entropy=masked_mean(entropy(logits, cfg.temperature), mask).item(),
+                   responses=responses, ended=[r[-1:] == [end_id] for r in responses])
 
 
-def make_optimizer(models, cfg):
-    params = [p for m in models for p in m.parameters()]
-    return torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)  # eps 1e-5: the PPO baselines'
+@torch.no_grad()
+def experience(models, prompts, reward_fn, beta, cfg, end_id, generator, ctx):
+    """Sample a response to each prompt and make the episodes into what the update learns from:
+    the score (reward_fn's; --no-end-penalty for a response without <|end|>), per-token rewards
+    with the KL penalty (eq. 2), advantages (GAE, whitened) and returns."""
+    ro = rollout(models.policy, models.ref, prompts, cfg, end_id, generator, ctx, models.critic)
+    scores, metrics = reward_fn(prompts, ro.responses, ro.ended)
+    ended = torch.tensor(ro.ended, device=ro.idx.device)
+    penalty = torch.full((len(ended),), cfg.no_end_penalty, device=ended.device)
+    scores = torch.where(ended, scores.float().to(ended.device), penalty)  # no <|end|>: penalty
+    rewards, kl = kl_rewards(ro.logp, ro.logp_ref, scores, ro.mask, beta)
+    advantages, returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
+    return Experience(ro, scores, metrics, kl, masked_whiten(advantages, ro.mask), returns)
 
 
-def train(cfg, policy, ref, prompts, reward_fn, end_id, log=None, save=None, ptx_batch=None, start_iter=0,
-          beta=None, optimizer=None, stop=None, critic=None):
-    """The PPO loop. prompts: token-id lists (the chat template's prompt part). reward_fn(prompts,
-    responses, ended) -> (scores (B,) tensor, dict of metrics to log): the reward model in main(),
-    a toy reward in the tests. log(record, line); save(iteration, beta, record) every
-    cfg.save_interval iterations, at the end, and when stop() (common.ctrl_c_stops: Ctrl-C was pressed)
-    ends the loop between two iterations; ptx_batch(generator) -> (x, y) corpus batch for PPO-ptx; critic: a
-    separate value model (None: the policy's own scalar head). Every iteration draws from its own seeded
-    generator, so a resumed run (start_iter, beta, optimizer from the checkpoint) goes on exactly as the
-    uninterrupted one would. Returns (beta, last record, the iteration stop() ended it at or None)."""
-    device = next(policy.parameters()).device
+def ppo_update(models, exp, optimizer, lr, cfg, generator, ctx, ptx_batch=None):
+    """cfg.ppo_epochs passes over the batch in random minibatches, each a step (learning rate lr) on
+    the clipped policy loss (PPO eq. 7) + vf_coef * the value loss, + ptx_coef * the LM loss on a
+    corpus batch (PPO-ptx, InstructGPT eq. 2). Returns the mean approx_kl, clip_frac, pg_loss and
+    vf_loss of the steps."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    ro = exp.rollout
+    stats = []
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(cfg.batch_size, generator=generator, device=ro.idx.device)
+        for mb in order.split(cfg.minibatch_size):
+            # ---- the losses of this minibatch under the current weights
+            with ctx:
+                logp, values, _ = forward(models.policy, ro.idx[mb], ro.pad_mask[mb],
+                                          cfg.temperature, models.critic)
+            pg_loss, clip_frac, approx_kl = policy_loss(logp, ro.logp[mb], exp.advantages[mb],
+                                                        ro.mask[mb], cfg.clip)
+            vf_loss = value_loss(values, ro.values[mb], exp.returns[mb], ro.mask[mb], cfg.vf_clip)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            if ptx_batch is not None and cfg.ptx_coef > 0:   # PPO-ptx: keep the corpus' LM loss low
+                x, y = ptx_batch(generator)
+                with ctx:
+                    loss = loss + cfg.ptx_coef * models.policy(x, y)[1]
+            # ---- the step; each model clips its own norm: the critic's do not shrink the policy's
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for model in models.trained():
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            stats.append([pg_loss.item(), vf_loss.item(), clip_frac.item(), approx_kl.item()])
+    pg_loss, vf_loss, clip_frac, approx_kl = torch.tensor(stats).mean(0).tolist()
+    return {"approx_kl": approx_kl, "clip_frac": clip_frac, "pg_loss": pg_loss, "vf_loss": vf_loss}
+
+
+def save_due(iteration, cfg):
+    """Checkpoints every --save-interval iterations and after the last one."""
+    return iteration % cfg.save_interval == 0 or iteration == cfg.max_iters
+
+
+def progress_line(record, cfg, time_left):
+    """An iteration's record in a line that fits 80 columns."""
+    return (f"iter {record['iter']}/{cfg.max_iters}  rm {record.get('rm', record['score']):+.2f}  "
+            f"gold {record.get('gold', float('nan')):.3f}  kl {record['kl']:.2f}  "
+            f"beta {record['beta']:.3g}  end {record['ended']:.0%}  eta {time_left}")
+
+
+def train(cfg, models, prompts, reward_fn, end_id, state=None, callbacks=Callbacks()):
+    """The PPO loop: every iteration collects experience, takes PPO steps on it, logs, lets the KL
+    controller move beta and saves. prompts: token-id lists (the chat template's prompt part);
+    reward_fn(prompts, responses, ended) -> (scores (B,), metrics to log): the reward model in
+    main(), a toy reward in the tests; state: where to start (None: a new run), moved along in
+    place. Every iteration draws from its own seeded generators, so a resumed run goes on exactly
+    as the uninterrupted one would. Returns (the last record or {}, whether stop() ended it)."""
+    device = next(models.policy.parameters()).device
     ctx = autocast(device.type, cfg.precision)
-    trained = [policy] if critic is None else [policy, critic]
-    optimizer = make_optimizer(trained, cfg) if optimizer is None else optimizer
-    for model in trained:
+    state = start_state(models, cfg) if state is None else state
+    for model in models.trained():
         model.eval()  # dropout off everywhere: it would make the ratio != 1 before any update
-    ref.eval().requires_grad_(False)
-    beta = cfg.beta if beta is None else beta
-    t_start, record, stopped_at = time.time(), {}, None
-    for it in range(start_iter, cfg.max_iters):
-        if stop is not None and stop():
-            stopped_at = it
+    models.ref.eval().requires_grad_(False)
+    start, t_start, record, stopped = state.iteration, time.time(), {}, False
+    for it in range(start, cfg.max_iters):
+        # ---- stop between two iterations: Ctrl-C, or --max-minutes are up
+        if callbacks.stop():
+            stopped = True
             break
         if cfg.max_minutes > 0 and time.time() - t_start > cfg.max_minutes * 60:
             break
-        # ---- rollout: sample, score, per-token rewards, advantages (all without gradients)
+        # ---- experience, from this iteration's own seeded draws (--resume replays the same ones)
         t0 = time.time()
-        rng = random.Random(cfg.seed * 100003 + it)  # seeded per iteration: --resume replays the same
+        rng = random.Random(cfg.seed * 100003 + it)
         batch_prompts = [prompts[rng.randrange(len(prompts))] for _ in range(cfg.batch_size)]
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 100003 + it)
-        b = rollout(policy, ref, batch_prompts, cfg, end_id, generator, ctx, critic)
-        scores, metrics = reward_fn(batch_prompts, b["responses"], b["ended"])
-        ended = torch.tensor(b["ended"], device=device)
-        penalty = torch.full((len(ended),), cfg.no_end_penalty, device=device)
-        scores = torch.where(ended, scores.float().to(device), penalty)  # no <|end|>: fixed penalty
-        mask = b["mask"]
-        rewards, kl = kl_rewards(b["logp"], b["logp_ref"], scores, mask, beta)
-        adv, returns = gae(rewards, b["values"], mask, cfg.gamma, cfg.lam)
-        adv = masked_whiten(adv, mask)
+        exp = experience(models, batch_prompts, reward_fn, state.beta, cfg, end_id, generator, ctx)
         t1 = time.time()
-        # ---- update: ppo_epochs passes over the batch in random minibatches
+        # ---- the PPO update, its learning rate decaying linearly to 0
         lr = cfg.lr * (1 - it / cfg.max_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        stats = []
-        for epoch in range(cfg.ppo_epochs):
-            for mb in torch.randperm(cfg.batch_size, generator=generator, device=device).split(cfg.minibatch_size):
-                with ctx:
-                    logp, values, _ = forward(policy, b["idx"][mb], b["pad_mask"][mb], cfg.temperature, critic)
-                pg_loss, clip_frac, approx_kl = policy_loss(logp, b["logp"][mb], adv[mb], mask[mb], cfg.clip)
-                vf_loss = value_loss(values, b["values"][mb], returns[mb], mask[mb], cfg.vf_clip)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if ptx_batch is not None and cfg.ptx_coef > 0:
-                    x, y = ptx_batch(generator)
-                    with ctx:
-                        loss = loss + cfg.ptx_coef * policy(x, y)[1]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for model in trained:   # each its own norm: the critic's gradients do not shrink the policy's
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                stats.append([pg_loss.item(), vf_loss.item(), clip_frac.item(), approx_kl.item()])
+        stats = ppo_update(models, exp, state.optimizer, lr, cfg, generator, ctx,
+                           callbacks.ptx_batch)
         t2 = time.time()
-        # ---- log, then let the KL controller move beta for the next batch
-        kl_per_response = kl.sum(1).mean().item()
-        pg, vf, cf, akl = torch.tensor(stats).mean(0).tolist()
-        record = {"iter": it + 1, "score": scores.mean().item(), **metrics, "kl": kl_per_response,
-                  "beta": beta, "entropy": b["entropy"], "approx_kl": akl, "clip_frac": cf,
-                  "pg_loss": pg, "vf_loss": vf, "resp_len": mask.sum(1).mean().item(),
-                  "ended": ended.float().mean().item(), "lr": lr, "t_rollout": t1 - t0, "t_update": t2 - t1,
-                  "time": time.time() - t_start}
-        if log is not None:   # the whole record goes to the log file; the line fits 80 columns
-            log(record, f"iter {it + 1}/{cfg.max_iters}  rm {record.get('rm', record['score']):+.2f}  gold "
-                        f"{record.get('gold', float('nan')):.3f}  kl {kl_per_response:.2f}  beta {beta:.3g}  end "
-                        f"{record['ended']:.0%}  eta {eta(t_start, it + 1 - start_iter, cfg.max_iters - start_iter)}")
-        beta = update_beta(beta, kl_per_response, cfg.kl_target, cfg.batch_size, cfg.kl_horizon)
-        if save is not None and ((it + 1) % cfg.save_interval == 0 or it + 1 == cfg.max_iters):
-            save(it + 1, beta, record)
-    if save is not None and record and record["iter"] % cfg.save_interval and record["iter"] != cfg.max_iters:
-        save(record["iter"], beta, record)  # stopped by Ctrl-C or --max-minutes between saves
-    return beta, record, stopped_at
+        # ---- log: the whole record to the log file, a line of it to the screen
+        ro = exp.rollout
+        record = {"iter": it + 1, "score": exp.scores.mean().item(), **exp.metrics,
+                  "kl": exp.kl.sum(1).mean().item(), "beta": state.beta, "entropy": ro.entropy,
+                  **stats, "resp_len": ro.mask.sum(1).mean().item(),
+                  "ended": torch.tensor(ro.ended).float().mean().item(), "lr": lr,
+                  "t_rollout": t1 - t0, "t_update": t2 - t1, "time": time.time() - t_start}
+        time_left = eta(t_start, it + 1 - start, cfg.max_iters - start)
+        callbacks.log(record, progress_line(record, cfg, time_left))
+        # ---- the KL controller moves beta for the next iteration; save
+        state.beta = update_beta(state.beta, record["kl"], cfg.kl_target, cfg.batch_size,
+                                 cfg.kl_horizon)
+        state.iteration = it + 1
+        if save_due(state.iteration, cfg):
+            callbacks.save(state, record)
+    if record and not save_due(state.iteration, cfg):
+        callbacks.save(state, record)  # stopped by Ctrl-C or --max-minutes between two saves
+    return record, stopped
 
 
 # ----------------------------------------------------------------------------- the real run
 def reward_model_fn(reward, tok):
-    """The reward: reward(prompts, responses) from common.load_reward_model, the reward model read at the
-    last real token of prompt+response (the <|end|>), normalized so that SFT samples score mean 0, std 1.
-    Also logs the simulated labeler's gold score: the truth the reward model only approximates."""
+    """The reward: reward(prompts, responses) from common.load_reward_model, the reward model read
+    at the last real token of prompt+response (the <|end|>), normalized so that SFT samples score
+    mean 0, std 1. Also logs the simulated labeler's gold score: the truth the reward model only
+    approximates."""
     def reward_fn(prompts, responses, ended):
         scores = reward(prompts, responses)
         texts = [tok.decode(p[1:-1]) for p in prompts]  # strip <|user|> and <|assistant|>
-        gold = [labeler.score(x, *response_text(tok, r))[0]
-                for x, r in zip(texts, responses) if labeler.parse_prompt(x)]  # --prompts: maybe none
-        return scores, {"rm": scores.mean().item(), **({"gold": sum(gold) / len(gold)} if gold else {})}
+        gold = [labeler.score(x, *response_text(tok, r))[0]   # --prompts: maybe none
+                for x, r in zip(texts, responses) if labeler.parse_prompt(x)]
+        mean_gold = {"gold": sum(gold) / len(gold)} if gold else {}
+        return scores, {"rm": scores.mean().item(), **mean_gold}
     return reward_fn
 
 
 def corpus_batches(cfg, tok, block_size, device):
-    """PPO-ptx: batch(generator) -> (x, y): random windows of the pretraining corpus (data.get_lm_batch)."""
-    tokens = np.array(tok.to_tiktoken().encode(read_corpus(cfg.ptx_data), allowed_special={"<|endoftext|>"}))
+    """PPO-ptx: batch(generator) -> (x, y): random windows of the pretraining corpus
+    (data.get_lm_batch)."""
+    text = read_corpus(cfg.ptx_data)
+    tokens = np.array(tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}))
     if len(tokens) < block_size + 2:
-        fail(f"--ptx-data {cfg.ptx_data}: {len(tokens)} tokens, fewer than one block of {block_size + 1}")
-    return lambda generator: get_lm_batch(tokens, cfg.ptx_batch_size, block_size, generator, device)[:2]
+        fail(f"--ptx-data {cfg.ptx_data}: {len(tokens)} tokens, fewer than one block of "
+             f"{block_size + 1}")
+    return lambda generator: get_lm_batch(tokens, cfg.ptx_batch_size, block_size, generator,
+                                          device)[:2]
 
 
 @torch.no_grad()
 def critic_from_rm(rm, gain, bias):
-    """A trainable copy of the reward model whose head gives gain * r + bias: the normalized reward scale
-    of the returns it learns to predict."""
+    """A trainable copy of the reward model whose head gives gain * r + bias: the normalized reward
+    scale of the returns it learns to predict."""
     critic = copy.deepcopy(rm).requires_grad_(True)
     critic.scalar_head.weight.mul_(gain)
     critic.scalar_head.bias.mul_(gain).add_(bias)
@@ -327,36 +428,145 @@ def critic_from_rm(rm, gain, bias):
 @torch.no_grad()
 def heldout_eval(policy, ref, prompts, reward_fn, cfg, end_id, ctx):
     """The end-of-run check: responses to held-out prompts (topic/tone pairs PPO never trained on)
-    from the PPO policy and from the SFT model, sampled as in the rollouts (temperature T), with their
-    mean gold and RM scores; and the policy's mean KL to SFT per response (sum over its tokens of
-    log pi - log pi_ref, a Monte Carlo estimate of KL(pi || pi_SFT))."""
+    from the PPO policy and from the SFT model, sampled as in the rollouts (temperature T), with
+    their mean gold and RM scores; and the policy's mean KL to SFT per response (sum over its
+    tokens of log pi - log pi_ref, a Monte Carlo estimate of KL(pi || pi_SFT))."""
     device = next(policy.parameters()).device
     prompts = [prompts[i % len(prompts)] for i in range(cfg.eval_samples)]
     out = {}
     for name, model in (("sft", ref), ("ppo", policy)):
         g = torch.Generator(device=device).manual_seed(cfg.seed)
-        b = rollout(model, ref, prompts, cfg, end_id, g, ctx)
-        _, metrics = reward_fn(prompts, b["responses"], b["ended"])
+        ro = rollout(model, ref, prompts, cfg, end_id, g, ctx)
+        _, metrics = reward_fn(prompts, ro.responses, ro.ended)
         suffix = "" if name == "ppo" else "_sft"
         out.update({f"heldout_{k}{suffix}": v for k, v in metrics.items()})
-        out[f"heldout_kl{suffix}"] = ((b["logp"] - b["logp_ref"]) * b["mask"]).sum(1).mean().item()
-        out[f"heldout_ended{suffix}"] = sum(b["ended"]) / len(b["ended"])
+        out[f"heldout_kl{suffix}"] = ((ro.logp - ro.logp_ref) * ro.mask).sum(1).mean().item()
+        out[f"heldout_ended{suffix}"] = sum(ro.ended) / len(ro.ended)
     return out
 
 
 def ppo_chart(path, records, held=None):
-    """The picture of a run, one point per iteration: the reward model's and the labeler's (gold) score of the
-    rollouts, their KL to the SFT model, and beta; the held-out check's scores marked at the end."""
+    """The picture of a run, one point per iteration: the reward model's and the labeler's (gold)
+    score of the rollouts, their KL to the SFT model, and beta; the held-out check's scores marked
+    at the end."""
     held, last = held or {}, records[-1]["iter"] if records else 0
     series = lambda name, key: (name, [(r["iter"], r.get(key)) for r in records])
-    marks = [(last, held[k], label) for k, label in (("heldout_rm", "held-out RM"), ("heldout_gold", "held-out gold"))
-             if k in held]
+    labels = (("heldout_rm", "held-out RM"), ("heldout_gold", "held-out gold"))
+    marks = [(last, held[k], label) for k, label in labels if k in held]
     svg_chart(path, [
-        {"title": "scores of the rollouts", "xlabel": "iteration", "ylabel": "score", "markers": marks,
-         "series": [series("reward model (normalized)", "rm"), series("gold (simulated labeler)", "gold")]},
+        {"title": "scores of the rollouts", "xlabel": "iteration", "ylabel": "score",
+         "markers": marks, "series": [series("reward model (normalized)", "rm"),
+                                      series("gold (simulated labeler)", "gold")]},
         {"title": "KL to the SFT model", "xlabel": "iteration", "ylabel": "nats per response",
          "series": [series("KL", "kl")]},
-        {"title": "KL coefficient", "xlabel": "iteration", "ylabel": "beta", "series": [series("beta", "beta")]}])
+        {"title": "KL coefficient", "xlabel": "iteration", "ylabel": "beta",
+         "series": [series("beta", "beta")]}])
+
+
+# ----------------------------------------------------------------------------- main's steps
+def load_models(cfg, device):
+    """--init (the policy), --ref (the KL reference; default: --init) and --reward, checked to
+    fit together. Returns (Models, the tokenizer, the reward model, its reward_fn, --init's
+    checkpoint)."""
+    policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
+    ref, ref_tok, ref_ckpt = (load_model(cfg.ref, POLICY_STAGES, device, flag="--ref") if cfg.ref
+                              else (None, tok, init_ckpt))
+    if ref_ckpt["stage"] != "sft":
+        warn(f"the KL reference {cfg.ref or cfg.init} is a {ref_ckpt['stage']!r} checkpoint; "
+             f"InstructGPT's is the SFT model")
+    check_tokenizer(ref_tok, tok, f"--ref {cfg.ref}", f"--init {cfg.init}'s")
+    if ref_ckpt["config"] != init_ckpt["config"]:
+        fail(f"--ref {cfg.ref}: not the same model shape as --init {cfg.init}")
+    reward, rm, rm_tok, rm_ckpt = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
+    check_tokenizer(rm_tok, tok, f"--reward {cfg.reward}", f"--init {cfg.init}'s")
+    # The reference is the frozen SFT model (--init itself in round 1). The value function is
+    # either a head on the policy's own trunk, zero-initialised (one forward pass gives both the
+    # logits and the values, and V = 0 is the right prior for a reward normalized to mean 0), or a
+    # separate critic initialised from the reward model (InstructGPT), its head scaled to the
+    # normalized reward: it costs a second trunk in every update, but the value loss no longer
+    # pushes the policy's trunk.
+    ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
+    with torch.no_grad():
+        policy.scalar_head.weight.zero_()
+        policy.scalar_head.bias.zero_()
+    critic = (critic_from_rm(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"]) if cfg.critic == "rm"
+              else None)
+    return Models(policy, ref, critic), tok, rm, reward_model_fn(reward, tok), init_ckpt
+
+
+def training_prompts(cfg, tok, block_size):
+    """The prompts PPO trains on (token ids) and the held-out ones of the check at the end (text):
+    --prompts or the labeler's training prompts. When none of --prompts is a labeler task prompt,
+    a tenth of them is held out instead of the labeler's held-out prompts."""
+    prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
+    heldout = labeler.heldout_prompts()
+    unscored = sum(labeler.parse_prompt(p) is None for p in prompts)
+    if unscored:  # the gold score is only defined for the labeler's own task prompts
+        print(f"note: {unscored} of {len(prompts)} prompts in {cfg.prompts} are not labeler task "
+              f"prompts ('Write a <tone> sentence about <topic>.'); the logged gold score "
+              f"{'averages the others' if unscored < len(prompts) else 'is left out'}")
+    if unscored == len(prompts):   # none is the labeler's: the check at the end holds out a tenth
+        random.Random(cfg.seed).shuffle(prompts)
+        n_held = len(prompts) // 10 or int(len(prompts) > 1)
+        heldout, prompts = prompts[:n_held] or prompts, prompts[n_held:]
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
+    longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
+    if longest > block_size:
+        fail(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt + response ({longest} "
+             f"tokens) exceeds the models' block size ({block_size})")
+    return prompt_ids, heldout
+
+
+def resume(cfg, models, init_ckpt):
+    """--resume: --out's weights into the models; its iteration, beta and optimizer as the state."""
+    ckpt = load_checkpoint(cfg.out, ("ppo",), flag="--resume")
+    if ckpt["config"] != init_ckpt["config"] or "optimizer" not in ckpt or "kl_beta" not in ckpt:
+        fail(f"--resume {cfg.out}: not a PPO run of --init {cfg.init} (other model config, or no "
+             f"optimizer state)")
+    models.policy.load_state_dict(ckpt["model"])
+    if models.critic is not None:   # --critic is fixed: parse_config refuses to change it
+        models.critic.load_state_dict(ckpt["critic"])
+    optimizer = start_state(models, cfg).optimizer
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state = TrainState(iteration=ckpt["step"], beta=ckpt["kl_beta"], optimizer=optimizer)
+    print(f"resuming from iteration {state.iteration}, beta {state.beta:.4g}")
+    if state.iteration >= cfg.max_iters:
+        print(f"note: {cfg.out} already ran {state.iteration} iterations (--max-iters "
+              f"{cfg.max_iters}): no training")
+    return state
+
+
+def checkpoint_saver(cfg, models, tok, log):
+    """save(state, record): the policy in --out, with what --resume needs (the critic, the
+    optimizer, beta); and the run's picture from the log."""
+    def save(state, record):
+        critic = {"critic": models.critic.state_dict()} if models.critic is not None else {}
+        save_checkpoint(cfg.out, stage="ppo", model=models.policy, tokenizer=tok,
+                        step=state.iteration, args=asdict(cfg), metrics=record, kl_beta=state.beta,
+                        optimizer=state.optimizer.state_dict(), **critic)
+        ppo_chart(os.path.splitext(cfg.out)[0] + ".svg", log.records, record)
+    return save
+
+
+def heldout_summary(held, n_prompts, cfg):
+    """The held-out check in one line."""
+    gold = (f"gold {held['heldout_gold']:.3f} (SFT {held['heldout_gold_sft']:.3f})"
+            if "heldout_gold" in held else "no gold score (not the labeler's prompts)")
+    return (f"{n_prompts} held-out prompts, {cfg.eval_samples} samples per model at "
+            f"T={cfg.temperature}: {gold}, RM {held['heldout_rm']:.3f} (SFT "
+            f"{held['heldout_rm_sft']:.3f}), KL to SFT {held['heldout_kl']:.2f} nats/response, "
+            f"ended {held['heldout_ended']:.2f} (SFT {held['heldout_ended_sft']:.2f})")
+
+
+@torch.no_grad()
+def print_samples(policy, tok, prompts, cfg, end_id, ctx):
+    """The policy's response to each prompt, sampled as in the rollouts from the seed."""
+    g = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed)
+    for p in prompts:
+        with ctx:
+            r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature,
+                                stop_token=end_id, generator=g)[0][0]
+        print(f"  {p}\n  > {response_text(tok, r)[0]}")
 
 
 def main(argv=None):
@@ -364,96 +574,41 @@ def main(argv=None):
     cfg = parse_config(PPOConfig, __doc__, argv, stage="ppo")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    policy, tok, init_ckpt = load_model(cfg.init, POLICY_STAGES, device, flag="--init")
-    ref, ref_tok, ref_ckpt = load_model(cfg.ref, POLICY_STAGES, device, flag="--ref") if cfg.ref else (None, tok, init_ckpt)
-    if ref_ckpt["stage"] != "sft":
-        warn(f"the KL reference {cfg.ref or cfg.init} is a {ref_ckpt['stage']!r} checkpoint; InstructGPT's is the "
-             f"SFT model")
-    check_tokenizer(ref_tok, tok, f"--ref {cfg.ref}", f"--init {cfg.init}'s")
-    if ref_ckpt["config"] != init_ckpt["config"]:
-        fail(f"--ref {cfg.ref}: not the same model shape as --init {cfg.init}")
-    reward, rm, rm_tok, rm_ckpt = load_reward_model(cfg.reward, device, "--reward", cfg.precision)
-    check_tokenizer(rm_tok, tok, f"--reward {cfg.reward}", f"--init {cfg.init}'s")
-    prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
-    heldout = labeler.heldout_prompts()
-    unscored = sum(labeler.parse_prompt(p) is None for p in prompts)
-    if unscored:  # the gold score is only defined for the labeler's own task prompts
-        print(f"note: {unscored} of {len(prompts)} prompts in {cfg.prompts} are not labeler task prompts "
-              f"('Write a <tone> sentence about <topic>.'); the logged gold score "
-              f"{'averages the others' if unscored < len(prompts) else 'is left out'}")
-    if unscored == len(prompts):   # none is the labeler's: the check at the end holds out a tenth of yours
-        random.Random(cfg.seed).shuffle(prompts)
-        n_held = len(prompts) // 10 or int(len(prompts) > 1)
-        heldout, prompts = prompts[:n_held] or prompts, prompts[n_held:]
-    prompt_ids = [encode_prompt(tok, p) for p in prompts]
-    longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
-    if longest > min(policy.config.block_size, rm.config.block_size):
-        fail(f"--max-new-tokens {cfg.max_new_tokens}: the longest prompt + response ({longest} tokens) exceeds "
-             f"the models' block size ({min(policy.config.block_size, rm.config.block_size)})")
-
-    # The reference is the frozen SFT model (--init itself in round 1). The value function is either a
-    # head on the policy's own trunk, zero-initialised (one forward pass gives both the logits and the
-    # values, and V = 0 is the right prior for a reward normalized to mean 0), or a separate critic
-    # initialised from the reward model (InstructGPT), its head scaled to the normalized reward: it
-    # costs a second trunk in every update, but the value loss no longer pushes the policy's trunk.
-    ref = (ref if ref is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
-    with torch.no_grad():
-        policy.scalar_head.weight.zero_()
-        policy.scalar_head.bias.zero_()
-    critic = critic_from_rm(rm, rm_ckpt["rm_gain"], rm_ckpt["rm_bias"]) if cfg.critic == "rm" else None
-    optimizer = make_optimizer([policy] if critic is None else [policy, critic], cfg)
-    start_iter, beta = 0, None
-    if cfg.resume:
-        ckpt = load_checkpoint(cfg.out, ("ppo",), flag="--resume")
-        if ckpt["config"] != init_ckpt["config"] or "optimizer" not in ckpt or "kl_beta" not in ckpt:
-            fail(f"--resume {cfg.out}: not a PPO run of --init {cfg.init} (other model config, or no optimizer state)")
-        policy.load_state_dict(ckpt["model"])
-        if critic is not None:   # --critic is fixed: parse_config already refused a resume that changes it
-            critic.load_state_dict(ckpt["critic"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_iter, beta = ckpt["step"], ckpt["kl_beta"]
-        print(f"resuming from iteration {start_iter}, beta {beta:.4g}")
-        if start_iter >= cfg.max_iters:
-            print(f"note: {cfg.out} already ran {start_iter} iterations (--max-iters {cfg.max_iters}): no training")
-    print(f"policy {policy.num_params() / 1e6:.2f} M parameters, reward model {rm.num_params() / 1e6:.2f} M, "
-          f"{len(prompts)} prompts, device {device}")
-
-    ctx = autocast(device, cfg.precision)
-    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", resume_at=start_iter if cfg.resume else None, key="iter")
-
-    def save(it, beta, record):
-        save_checkpoint(cfg.out, stage="ppo", model=policy, tokenizer=tok, step=it, args=asdict(cfg), metrics=record,
-                        kl_beta=beta, optimizer=optimizer.state_dict(),
-                        **({"critic": critic.state_dict()} if critic else {}))
-        ppo_chart(os.path.splitext(cfg.out)[0] + ".svg", log.records, record)
-    ptx = corpus_batches(cfg, tok, policy.config.block_size, device) if cfg.ptx_coef > 0 else None
-    reward_fn = reward_model_fn(reward, tok)
+    # 1. the models: policy, frozen reference, reward model (and the critic made from it)
+    models, tok, rm, reward_fn, init_ckpt = load_models(cfg, device)
+    # 2. the prompts: the training ones, and those held out for the check at the end
+    block_size = min(models.policy.config.block_size, rm.config.block_size)
+    prompt_ids, heldout = training_prompts(cfg, tok, block_size)
+    # 3. where the run starts: new, or where --resume's checkpoint left it
+    state = resume(cfg, models, init_ckpt) if cfg.resume else start_state(models, cfg)
+    print(f"policy {models.policy.num_params() / 1e6:.2f} M parameters, reward model "
+          f"{rm.num_params() / 1e6:.2f} M, {len(prompt_ids)} prompts, device {device}")
+    # 4. train: the log and the checkpoints (also on Ctrl-C, which ends the script after that)
+    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", key="iter",
+              resume_at=state.iteration if cfg.resume else None)
+    save = checkpoint_saver(cfg, models, tok, log)
+    ptx = (corpus_batches(cfg, tok, models.policy.config.block_size, device) if cfg.ptx_coef > 0
+           else None)
     end = tok.special_tokens["<|end|>"]
     t0 = time.time()
     with ctrl_c_stops() as stop:
-        beta, record, stopped_at = train(cfg, policy, ref, prompt_ids, reward_fn, end, log, save, ptx, start_iter,
-                                         beta, optimizer, stop, critic)
-    if stopped_at is not None:
-        if not record and not cfg.resume:   # stopped before the first iteration ended: save the start
-            save(stopped_at, beta, record)
-        interrupted("train_ppo.py", cfg.out, stopped_at, unit="iteration")
+        record, stopped = train(cfg, models, prompt_ids, reward_fn, end, state,
+                                Callbacks(log=log, save=save, stop=stop, ptx_batch=ptx))
+    if stopped:
+        if not record and not cfg.resume:   # stopped before the first iteration: save the start
+            save(state, record)
+        interrupted("train_ppo.py", cfg.out, state.iteration, unit="iteration")
+    # 5. the held-out check: PPO and SFT on prompts PPO never trained on, kept in the checkpoint
+    ctx = autocast(device, cfg.precision)
     held = {}
     if cfg.eval_samples > 0:
-        held = heldout_eval(policy, ref, [encode_prompt(tok, p) for p in heldout], reward_fn, cfg, end, ctx)
-        gold = (f"gold {held['heldout_gold']:.3f} (SFT {held['heldout_gold_sft']:.3f})" if "heldout_gold" in held
-                else "no gold score (not the labeler's prompts)")
-        print(f"{len(heldout)} held-out prompts, {cfg.eval_samples} samples per model at T={cfg.temperature}: "
-              f"{gold}, RM {held['heldout_rm']:.3f} (SFT {held['heldout_rm_sft']:.3f}), KL to SFT "
-              f"{held['heldout_kl']:.2f} nats/response, ended {held['heldout_ended']:.2f} (SFT "
-              f"{held['heldout_ended_sft']:.2f})")
-        save(max(start_iter, record.get("iter", 0)), beta, {**record, **held})
+        heldout_ids = [encode_prompt(tok, p) for p in heldout]
+        held = heldout_eval(models.policy, models.ref, heldout_ids, reward_fn, cfg, end, ctx)
+        print(heldout_summary(held, len(heldout), cfg))
+        save(state, {**record, **held})
+    # 6. a few samples to read
     print(f"saved {cfg.out} after {(time.time() - t0) / 60:.1f} min; samples:")
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    for p in heldout[:3]:
-        with torch.no_grad(), ctx:
-            r = policy.generate([encode_prompt(tok, p)], cfg.max_new_tokens, cfg.temperature, stop_token=end,
-                                generator=g)[0][0]
-        print(f"  {p}\n  > {response_text(tok, r)[0]}")
+    print_samples(models.policy, tok, heldout[:3], cfg, end, ctx)
     return {**record, **held}
 
 

@@ -174,17 +174,18 @@ def test_rollout_logprobs_equal_generate_and_ratio_is_one():
     responses, gen_logp = policy.generate(prompts, cfg.max_new_tokens, cfg.temperature, stop_token=END,
                                           generator=torch.Generator().manual_seed(0))
     b = ppo.rollout(policy, ref, prompts, cfg, END, g, ppo.autocast("cpu", "fp32"))
-    assert b["responses"] == responses
-    assert any(b["ended"]) and not all(b["ended"])
+    assert b.responses == responses
+    assert any(b.ended) and not all(b.ended)
+    assert b.ended == [r[-1] == END for r in responses]
     for i, r in enumerate(responses):
-        m = b["mask"][i].bool()
-        assert m.sum() == len(r) and b["idx"][i, -len(r):].tolist() == r
-        assert b["idx"][i, 1:][m].tolist() == r  # column t of the mask <-> action idx[t + 1]
+        m = b.mask[i].bool()
+        assert m.sum() == len(r) and b.idx[i, -len(r):].tolist() == r
+        assert b.idx[i, 1:][m].tolist() == r  # column t of the mask <-> action idx[t + 1]
         # recomputed with a full forward, at the sampling temperature, shifted by one: == generate's
-        assert torch.allclose(b["logp"][i][m], torch.tensor(gen_logp[i]), atol=1e-4)
-        assert (b["values"][i] == 0).all()  # the zero-initialised value head
-    logp, _, _ = ppo.forward(policy, b["idx"][:3], b["pad_mask"][:3], cfg.temperature)
-    _, clip_frac, approx_kl = ppo.policy_loss(logp, b["logp"][:3], torch.randn(3, logp.shape[1]), b["mask"][:3])
+        assert torch.allclose(b.logp[i][m], torch.tensor(gen_logp[i]), atol=1e-4)
+        assert (b.values[i] == 0).all()  # the zero-initialised value head
+    logp, _, _ = ppo.forward(policy, b.idx[:3], b.pad_mask[:3], cfg.temperature)
+    _, clip_frac, approx_kl = ppo.policy_loss(logp, b.logp[:3], torch.randn(3, logp.shape[1]), b.mask[:3])
     assert approx_kl.item() < 1e-10 and clip_frac.item() == 0
 
 
@@ -196,12 +197,42 @@ def test_toy_reward_goes_up():
     toy = lambda p, responses, ended: (torch.tensor([float(r.count(TOKEN)) for r in responses]), {})
     records = []
     cfg = tiny_cfg(no_end_penalty=0.0, minibatch_size=16, max_iters=20)
-    ppo.train(cfg, policy, ref, prompts, toy, END, log=lambda r, line: records.append(r))
+    ppo.train(cfg, ppo.Models(policy, ref), prompts, toy, END,
+              callbacks=ppo.Callbacks(log=lambda r, line: records.append(r)))
     first = sum(r["score"] for r in records[:3]) / 3
     last = sum(r["score"] for r in records[-3:]) / 3
     assert len(records) == 20 and first < 0.5 and last > first + 3, (first, last)
     assert all(r["approx_kl"] < 0.5 for r in records)
     assert records[0]["kl"] == pytest.approx(0, abs=1e-4) and records[-1]["kl"] > 1
+
+
+def test_the_loop_moves_beta_by_the_kl_controller(monkeypatch):
+    """The adaptive KL controller inside the real loop: each iteration's logged beta is
+    update_beta(the previous iteration's beta and logged KL), it is the beta the rewards used, and
+    the state the loop leaves (what a checkpoint keeps) holds the next one. The KL starts below the
+    target and ends above it, so beta must go down (clipped and not) and then up."""
+    policy, ref = tiny_gpt(n_layer=1), tiny_gpt(n_layer=1)
+    prompts = [[1, 2, 3], [4, 2], [6, 7, 8, 9], [10]]
+    toy = lambda p, responses, ended: (torch.tensor([float(r.count(TOKEN)) for r in responses]), {})
+    cfg = tiny_cfg(no_end_penalty=0.0, minibatch_size=16, max_iters=10, kl_target=1.0, kl_horizon=100)
+    used, kl_rewards = [], ppo.kl_rewards
+
+    def spy(logp, logp_ref, scores, mask, beta):
+        used.append(beta)
+        return kl_rewards(logp, logp_ref, scores, mask, beta)
+    monkeypatch.setattr(ppo, "kl_rewards", spy)
+    models, records = ppo.Models(policy, ref), []
+    state = ppo.start_state(models, cfg)
+    ppo.train(cfg, models, prompts, toy, END, state, ppo.Callbacks(log=lambda r, line: records.append(r)))
+    betas = [r["beta"] for r in records]
+    assert len(records) == 10 and betas[0] == cfg.beta and used == betas
+    for prev, r in zip(records, records[1:]):
+        assert r["beta"] == ppo.update_beta(prev["beta"], prev["kl"], 1.0, cfg.batch_size, 100), r["iter"]
+    assert state.iteration == 10
+    assert state.beta == ppo.update_beta(betas[-1], records[-1]["kl"], 1.0, cfg.batch_size, 100)
+    steps = [b / a - 1 for a, b in zip(betas, betas[1:])]
+    assert steps[0] == pytest.approx(-0.2 * 32 / 100) and steps[-1] == pytest.approx(0.2 * 32 / 100)
+    assert any(-0.2 * 32 / 100 + 1e-6 < d < -1e-6 for d in steps)   # an unclipped step down
 
 
 # ----------------------------------------------------------------------------- the script
@@ -271,6 +302,9 @@ def test_main_runs_and_writes_a_ppo_checkpoint(tiny_checkpoints):
                   "--ptx-data", str(d / "corpus.txt"))
     ckpt = load_checkpoint(str(d / "ppo.pt"), ("ppo",))
     assert ckpt["step"] == 2 and ckpt["kl_beta"] > 0 and "optimizer" in ckpt
+    args = ckpt["args"]   # the beta saved is the one the controller chose after the last iteration
+    assert ckpt["kl_beta"] == ppo.update_beta(records[-1]["beta"], records[-1]["kl"], args["kl_target"],
+                                              args["batch_size"], args["kl_horizon"])
     for key in ("heldout_gold", "heldout_gold_sft", "heldout_rm", "heldout_rm_sft", "heldout_kl"):
         assert key in ckpt["metrics"], key
     assert ckpt["metrics"]["heldout_kl_sft"] == 0  # the SFT model against itself
@@ -362,8 +396,9 @@ def test_ctrl_c_saves_and_resume_continues(tiny_checkpoints):
     d = tiny_checkpoints
     flags = ["--init", str(d / "sft.pt"), "--reward", str(d / "rm.pt"), "--out", str(d / "c.pt"), "--batch-size", "4",
              "--minibatch-size", "2", "--max-new-tokens", "8", "--device", "cpu", "--eval-samples", "0"]
+    # --max-minutes: should "iter 3/" never come (conftest.interrupt waits for it), the child still ends
     rc, stdout, stderr = interrupt([sys.executable, str(ROOT / "train_ppo.py"), *flags, "--max-iters", "100000",
-                                    "--save-interval", "1000"], "iter 3/", d)
+                                    "--save-interval", "1000", "--max-minutes", "3"], "iter 3/", d)
     it = interrupted_at(rc, stderr, d / "c.pt")
     lines = [line for line in stdout.splitlines() if line.startswith("iter ")]
     assert lines and all(len(line) <= 80 and " eta " in line for line in lines)   # fits a terminal, says how long
