@@ -122,6 +122,39 @@ def test_spearman_by_hand():
     assert train_rm.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     # ties get average ranks: x ranks [0, 1.5, 1.5, 3], y ranks [0, 2, 1, 3] -> 4.5 / sqrt(4.5 * 5)
     assert train_rm.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+    # ties on both sides: x ranks [0.5, 0.5, 2, 3.5, 3.5], y ranks [2, 0.5, 0.5, 3, 4], both of mean 2;
+    # deviations [-1.5, -1.5, 0, 1.5, 1.5] and [0, -1.5, -1.5, 1, 2]: sum of products 2.25 + 1.5 + 3
+    # = 6.75, sums of squares 9 and 9.5
+    assert train_rm.spearman([1, 1, 2, 3, 3], [2, 1, 1, 3, 4]) == pytest.approx(6.75 / math.sqrt(85.5))
+    assert train_rm.spearman([1, 1, 1], [1, 2, 3]) == 0.0   # no spread in x: no correlation to measure
+
+
+def test_evaluate_by_hand(monkeypatch):
+    """Known RM scores on three hand-made rankings, each listed in the order of its noisy labels
+    (best first), with the noise-free labeler's gold scores."""
+    rankings = [{"seqs": [[1], [2], [3]], "gold": [0.9, 0.5, 0.7]},   # the noise swapped 2 and 3
+                {"seqs": [[4], [5]], "gold": [0.4, 0.4]},             # equal gold: no right order
+                {"seqs": [[6], [7]], "gold": [0.2, 0.6]}]             # the noise swapped them
+    scores = {1: 2.0, 2: 0.0, 3: 1.0, 4: 0.5, 5: -1.0, 6: 0.3, 7: 0.1}
+    fake_score_all = lambda model, seqs, device, ctx: np.array([scores[s[0]] for s in seqs])
+    monkeypatch.setattr(train_rm, "score_all", fake_score_all)
+    m = train_rm.evaluate(None, rankings, "cpu", None)
+    # vs the labels' order, pairs (better, worse): 1>2 yes, 1>3 yes, 2>3 no (0 < 1); 4>5 yes; 6>7 yes
+    assert m["acc_noisy"] == pytest.approx(4 / 5)
+    # vs gold: 1, 2, 3 all in gold's order (2.0 > 1.0 > 0.0 as 0.9 > 0.7 > 0.5); 4, 5 skipped; 6, 7 not
+    assert m["acc_gold"] == pytest.approx(3 / 4)
+    # eq. 1 per ranking, -log sigmoid(d) = log(1 + exp(-d)) of each pair's score difference d, averaged
+    # over its pairs (d = 2, 1, -1; 1.5; 0.2), then over the rankings
+    softplus = lambda x: math.log(1 + math.exp(x))
+    first = (softplus(-2.0) + softplus(-1.0) + softplus(1.0)) / 3
+    assert m["loss"] == pytest.approx((first + softplus(-1.5) + softplus(-0.2)) / 3)
+    # Spearman over all 7 responses: score ranks [6, 1, 5, 4, 0, 3, 2], gold ranks [6, 3, 5, 1.5, 1.5,
+    # 0, 4], both of mean 3; deviations [3, -2, 2, 1, -3, 0, -1] and [3, 0, 2, -1.5, -1.5, -3, 1]:
+    # sum of products 9 + 4 - 1.5 + 4.5 - 1 = 15, sums of squares 28 and 27.5
+    assert m["spearman"] == pytest.approx(15 / math.sqrt(28 * 27.5))
+    # rankings without gold scores (your own): only the accuracy vs their order, and the loss
+    no_gold = [{**rk, "gold": None} for rk in rankings]
+    assert train_rm.evaluate(None, no_gold, "cpu", None) == {"loss": m["loss"], "acc_noisy": 4 / 5}
 
 
 def test_learns_an_easy_preference(tiny_tok):
