@@ -193,3 +193,26 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_no_traceback(bad_inputs, case,
                                 cwd=bad_inputs, timeout=120)
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr + result.stdout
+
+
+# ----------------------------------------------------------------------------- the front ends
+def test_a_tuple_field_is_a_flag_given_once_per_value(capsys):
+    """serve.py's --ckpt a.pt --ckpt b.pt: a field typed tuple, default (), collects each use of its
+    flag, in order."""
+    import dataclasses
+    import serve
+
+    @dataclasses.dataclass
+    class Toy:
+        ckpt: tuple = flags.flag((), "a checkpoint; repeat the flag for several")
+        port: int = flags.flag(8000, "a port", ge=0)
+    assert flags.parse_config(Toy, "toy", []) == Toy(ckpt=(), port=8000)
+    argv = ["--ckpt", "a.pt", "--port", "1", "--ckpt", "b.pt"]
+    assert flags.parse_config(Toy, "toy", argv) == Toy(ckpt=("a.pt", "b.pt"), port=1)
+    with pytest.raises(SystemExit, match="^error: argument --ckpt: expected one argument"):
+        flags.parse_config(Toy, "toy", ["--ckpt"])
+    with pytest.raises(SystemExit):
+        flags.parse_config(Toy, "toy", ["--help"])
+    assert "--ckpt STR" in capsys.readouterr().out
+    cfg = flags.parse_config(serve.ServeConfig, serve.__doc__, argv[:2] + argv[4:])
+    assert cfg.ckpt == ("a.pt", "b.pt")
