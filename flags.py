@@ -111,8 +111,9 @@ def flag_name(field_name):
 
 
 def make_parser(cls, doc):
-    """The argparse parser of a config: --field-name per field (bools --x/--no-x), the stage's own fields
-    first; doc's first two paragraphs (title and examples) head --help."""
+    """The argparse parser of a config: --field-name per field (bools --x/--no-x; a tuple of strings,
+    default (), takes the flag once per value), the stage's own fields first; doc's first two
+    paragraphs (title and examples) head --help."""
     parser = FlagParser(description="\n\n".join(doc.split("\n\n")[:2]),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     own_first = sorted(dataclasses.fields(cls), key=lambda f: f.name not in cls.__annotations__)
@@ -124,6 +125,10 @@ def make_parser(cls, doc):
         if f.type in (bool, "bool"):
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=text)
+            continue
+        if f.type in (tuple, "tuple"):   # strings, one per use of the flag: --ckpt a --ckpt b
+            parser.add_argument(flag_name(f.name), action="append", default=argparse.SUPPRESS,
+                                help=text, metavar="STR")
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
         metavar = None if meta.get("choices") else kind.__name__.upper()
@@ -150,6 +155,7 @@ def parse_config(cls, doc, argv=None, stage=None):
     the first bad one is one error line. --resume (a config with `resume` and `out` fields; `stage` is
     the checkpoint's) starts from the run's own flags: flags given now override only what they name."""
     given = vars(make_parser(cls, doc).parse_args(argv))
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}   # tuple fields
     values = {f.name: f.default for f in dataclasses.fields(cls)}
     if given.get("resume"):
         values.update(resumed_values(cls, given, values, stage))

@@ -1,20 +1,19 @@
 """A local web page where a person ranks a model's samples: InstructGPT's human feedback (step 2).
 
-    python label.py --ckpt out/sft.pt               # open the printed URL; appends to out/rankings.jsonl
-    python train_rm.py --data out/rankings.jsonl    # train the reward model on them
+    python label.py --ckpt out/sft.pt             # open the URL it prints; -> out/rankings.jsonl
+    python train_rm.py --data out/rankings.jsonl  # train the reward model on them
 
-The page shows one prompt (labeler.train_prompts(), or --prompts file.jsonl) and K sampled responses in
-random order. The person orders them best..worst and submits; each ranking becomes one line
-{"prompt", "responses": [best, ..., worst]} of --out, appended with a single write under a lock, then
-flushed and fsync'd: a crash never leaves half a line and concurrent submissions never interleave.
-Restarted on the same --out, it continues where the file ends: prompts not ranked yet come first, and the
-samples are new ones. --out defaults to out/, which git ignores like everything the scripts write; the
-rankings are a person's work, so copy them elsewhere before clearing out/.
+The page shows one prompt (labeler.train_prompts(), or --prompts file.jsonl) and K sampled responses
+in random order. The person orders them best..worst and submits; each ranking becomes one line
+{"prompt", "responses": [best, ..., worst]} of --out, appended with a single write under a lock,
+then flushed and fsync'd: a crash never leaves half a line and concurrent submissions never
+interleave. Restarted on the same --out, it continues where the file ends: prompts not ranked yet
+come first, and the samples are new ones. --out defaults to out/, which git ignores like everything
+the scripts write; the rankings are a person's work, so copy them elsewhere before clearing out/.
 --rate B.pt: a blind comparison instead, one answer from --ckpt and one from B.pt side by side
 (K = 2); each line also gets "models": [winner, loser] and the page shows the running win count.
 The server is the standard library's, bound to 127.0.0.1 unless --host says otherwise.
 """
-import argparse
 import itertools
 import json
 import os
@@ -22,30 +21,54 @@ import random
 import secrets
 import threading
 from collections import Counter
+from dataclasses import dataclass
 
 import labeler
 from common import POLICY_STAGES, fail, load_model, pick_device
 from data import load_prompts, load_rankings, sample_responses
+from flags import flag, parse_config
 from web import answer_text, PageHandler, PageServer
 
 MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label.html")
 
 
+@dataclass
+class LabelConfig:
+    ckpt: str = flag("out/sft.pt", "the policy checkpoint to sample from")
+    # not output=True: --out is appended to, and rankings_in() checks it is a file of rankings
+    out: str = flag("", "the JSONL to append to, continued by a restart; empty: out/rankings.jsonl "
+                    "(--rate: out/ratings.jsonl)")
+    prompts: str = flag("", 'JSONL of {"prompt"} records; empty: labeler.train_prompts()')
+    rate: str = flag("", "a second checkpoint: compare --ckpt with it, one answer each, instead of "
+                     "ranking --k samples of --ckpt; empty: no comparison")
+    k: int = flag(4, "responses per prompt (keys 1..9 pick them)", ge=2, le=9)
+    max_new_tokens: int = flag(64, "longest response, in tokens", ge=1)
+    temperature: float = flag(1.0, "sampling temperature; 0 (greedy) only with --rate", ge=0)
+    top_k: int = flag(0, "sample among the k likeliest tokens only; 0: all of them", ge=0)
+    seed: int = flag(0, "the seed of the prompts' order and of the samples")
+    host: str = flag("127.0.0.1", "the address to listen on (0.0.0.0: every network)")
+    port: int = flag(8000, "the port to listen on; 0 picks a free one", ge=0, le=65535)
+    device: str = flag("auto", "auto: cuda, else mps, else cpu",
+                       choices=("auto", "cpu", "cuda", "mps"))
+
+
 class LabelServer(PageServer):
     """Hands out prompts with K responses (from sample(prompt, k) -> list of k strings), checks the
-    rankings that come back, and appends them to `out`. `names` (rate mode): which model wrote each of
-    the sample's responses. Prompts go in a seeded order, those `out` already ranks least often first,
-    so a restart continues with what the last session had not reached."""
+    rankings that come back, and appends them to `out`. `names` (rate mode): which model wrote each
+    of the sample's responses. Prompts go in a seeded order, those `out` already ranks least often
+    first, so a restart continues with what the last session had not reached."""
 
     def __init__(self, address, sample, prompts, out, k=4, names=None, seed=0):
         super().__init__(address, Handler, PAGE)
         self.sample, self.out, self.k, self.names = sample, out, k, names
-        self.lock = threading.Lock()   # guards the prompts drawn, the issued items, the counts and the file
+        # the lock guards the prompts drawn, the issued items, the counts and the file
+        self.lock = threading.Lock()
         self.count, self.wins, ranked = 0, {n: 0 for n in names or []}, Counter()
         if os.path.isfile(out) and os.path.getsize(out):   # go on from what is already there
             with open(out, "rb") as f:
-                lines = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+                lines = [json.loads(line) for line in f.read().splitlines()
+                         if line.strip()]
             self.count, ranked = len(lines), Counter(rec.get("prompt") for rec in lines)
             for rec in lines:
                 try:
@@ -53,8 +76,8 @@ class LabelServer(PageServer):
                 except (KeyError, IndexError, TypeError):   # not a rating of these two models
                     pass
         order = random.Random(seed).sample(list(prompts), len(prompts))
-        self.prompts = sorted(order, key=lambda p: ranked[p])   # stable: the seeded order among equals
-        self.rng = random.Random(f"{seed} {self.count}")   # positions on the page: not the last session's
+        self.prompts = sorted(order, key=lambda p: ranked[p])   # stable: seeded among equals
+        self.rng = random.Random(f"{seed} {self.count}")   # positions: not the last session's
         self.n_drawn, self.issued = 0, {}   # id -> (prompt, shown, source)
 
     def next_item(self):
@@ -67,7 +90,8 @@ class LabelServer(PageServer):
             if len(responses) == self.k and len(set(responses)) == self.k:
                 break
         else:
-            raise RuntimeError("the sampler keeps giving identical responses (try a higher --temperature)")
+            raise RuntimeError("the sampler keeps giving identical responses "
+                               "(try a higher --temperature)")
         with self.lock:
             source = self.rng.sample(range(self.k), self.k)   # position on the page says nothing
             item_id = secrets.token_hex(8)
@@ -84,15 +108,18 @@ class LabelServer(PageServer):
             msg = json.loads(body)
         except (ValueError, RecursionError):   # UnicodeDecodeError is a ValueError
             return 400, {"error": "the body is not JSON"}
-        if not isinstance(msg, dict) or not isinstance(msg.get("id"), str) or not isinstance(msg.get("ranking"), list):
+        if not (isinstance(msg, dict) and isinstance(msg.get("id"), str)
+                and isinstance(msg.get("ranking"), list)):
             return 400, {"error": 'expected {"id": "...", "ranking": [best, ..., worst]}'}
         ranking = msg["ranking"]
         with self.lock:
             if msg["id"] not in self.issued:
                 return 404, {"error": "unknown prompt id (never issued, or already ranked)"}
             prompt, shown, source = self.issued[msg["id"]]
-            if not all(type(i) is int for i in ranking) or sorted(ranking) != list(range(len(shown))):
-                return 400, {"error": f"the ranking must hold each index 0..{len(shown) - 1} exactly once"}
+            ints = all(type(i) is int for i in ranking)
+            if not ints or sorted(ranking) != list(range(len(shown))):
+                return 400, {"error": f"the ranking must hold each index 0..{len(shown) - 1} "
+                                      "exactly once"}
             record = {"prompt": prompt, "responses": [shown[i] for i in ranking]}
             if self.names:
                 record["models"] = [self.names[source[i]] for i in ranking]
@@ -137,96 +164,95 @@ class Handler(PageHandler):
         if error:
             return self.reply(error[0], {"error": error[1]})
         status, reply = self.server.submit(body)
-        if status == 200:   # saved; the next prompt comes with the answer (the page asks again if none)
+        if status == 200:   # saved; the next prompt comes with the answer (or the page asks)
             code, item = self.safely(self.server.next_item)
             reply["next"] = item if code == 200 else None
         self.reply(status, reply)
 
     def safely(self, make):
-        """(200, make()), or (500, the error) when the sampler fails: the page says so, we keep serving."""
+        """(200, make()), or (500, the error) when the sampler fails: the page says so, we go on."""
         try:
             return 200, make()
         except Exception as e:
             return 500, {"error": f"{type(e).__name__}: {e}"}
 
 
-def model_sampler(path, flag, args, device):
-    """sample(prompt, k, seed): k responses of the checkpoint at `path`."""
-    model, tok, _ = load_model(path, POLICY_STAGES, device, flag=flag)
+def model_sampler(path, option, cfg, device):
+    """sample(prompt, k, seed): k responses of the checkpoint at `path` (given as `option`)."""
+    model, tok, _ = load_model(path, POLICY_STAGES, device, flag=option)
     lock = threading.Lock()
 
     def sample(prompt, k, seed):
         with lock:   # the server's threads share one model
-            ids = sample_responses(model, tok, [prompt] * k, args.max_new_tokens, args.temperature,
-                                   args.top_k, seed=seed, device=device)
+            ids = sample_responses(model, tok, [prompt] * k, cfg.max_new_tokens, cfg.temperature,
+                                   cfg.top_k or None, seed=seed, device=device)
         return [answer_text(tok, r) for r in ids]   # no special tokens, no control characters
     return sample
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", default="out/sft.pt", help="policy checkpoint to sample from")
-    p.add_argument("--out", default="", help="JSONL to append to (default out/rankings.jsonl, "
-                                            "--rate: out/ratings.jsonl); a restart continues it")
-    p.add_argument("--prompts", default="", help='JSONL of {"prompt"} (default: labeler.train_prompts())')
-    p.add_argument("--rate", default="", metavar="CKPT", help="compare --ckpt with this checkpoint instead")
-    p.add_argument("--k", type=int, default=4, help="responses per prompt, 2..9 (keys 1..9 pick them)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    if not 2 <= args.k <= 9:
-        fail(f"--k {args.k}: must be 2..9")
-    if args.max_new_tokens < 1 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
-        fail("--max-new-tokens must be >= 1, --temperature >= 0 and --top-k >= 1")
-    if args.temperature == 0 and not args.rate:
-        fail("--temperature 0 (greedy) would give K identical responses; use a temperature > 0")
-    if not 0 <= args.port <= 65535:
-        fail(f"--port {args.port}: must be 0..65535 (0 picks a free port)")
-    prompts = load_prompts(args.prompts, "--prompts") if args.prompts else labeler.train_prompts()
-    out = args.out or ("out/ratings.jsonl" if args.rate else "out/rankings.jsonl")
-    if os.path.isdir(out):
-        fail(f"--out {out}: is a folder, expected a .jsonl file")
-    done = []
-    if os.path.isfile(out) and os.path.getsize(out):   # we append: it must already be what train_rm.py reads
-        done = load_rankings(out)
-        with open(out, "rb") as f:
-            text = f.read()
-        if text.lstrip().startswith(b"["):
-            fail(f"--out {out}: is one JSON array, and label.py appends JSON Lines; give another --out")
-        if not text.endswith(b"\n"):
-            fail(f"--out {out}: the last line has no newline; fix or move the file first")
-    device = pick_device(args.device)
-    models, names = [model_sampler(args.ckpt, "--ckpt", args, device)], None
-    if args.rate:   # one answer from each model; the server shuffles them on the page
-        models.append(model_sampler(args.rate, "--rate", args, device))
-        names, args.k = [args.ckpt, args.rate], 2
-    # Every generation takes the next seed of one stream: the two models of --rate must not share a seed
-    # (two similar checkpoints would answer alike), and the stream depends on how long --out already is,
-    # so that a restart shows new samples instead of the last session's.
-    seeds, lock = itertools.count(random.Random(f"{args.seed} {len(done)}").getrandbits(32)), threading.Lock()
+def server_sampler(cfg, done, device):
+    """(sample(prompt, k), names) for LabelServer: K samples of --ckpt, or with --rate one answer of
+    each model (names: the two checkpoints; None without --rate). done: the lines --out holds."""
+    models, names = [model_sampler(cfg.ckpt, "--ckpt", cfg, device)], None
+    if cfg.rate:   # one answer from each model; the server shuffles them on the page
+        models.append(model_sampler(cfg.rate, "--rate", cfg, device))
+        names = [cfg.ckpt, cfg.rate]
+    # Every generation takes the next seed of one stream: the two models of --rate must not share a
+    # seed (two similar checkpoints would answer alike), and the stream depends on how long --out
+    # already is, so that a restart shows new samples instead of the last session's.
+    seeds = itertools.count(random.Random(f"{cfg.seed} {done}").getrandbits(32))
+    lock = threading.Lock()
 
     def sample(prompt, k):
         with lock:   # the server's threads share the models and the seeds
             if len(models) == 1:
                 return models[0](prompt, k, next(seeds))
             return [m(prompt, 1, next(seeds))[0] for m in models]
-    try:   # can we write there? Say so now, not at the first submission
+    return sample, names
+
+
+def rankings_in(out):
+    """How many rankings --out already holds; fail() unless it is a file label.py may append to and
+    train_rm.py can read (JSON Lines, the last line whole)."""
+    if os.path.isdir(out):
+        fail(f"--out {out}: is a folder, expected a .jsonl file")
+    if not (os.path.isfile(out) and os.path.getsize(out)):
+        return 0
+    done = load_rankings(out)
+    with open(out, "rb") as f:
+        text = f.read()
+    if text.lstrip().startswith(b"["):
+        fail(f"--out {out}: is one JSON array, and label.py appends JSON Lines; give another --out")
+    if not text.endswith(b"\n"):
+        fail(f"--out {out}: the last line has no newline; fix or move the file first")
+    return len(done)
+
+
+def main(argv=None):
+    # 1. the flags, the prompts, and the file the rankings are appended to
+    cfg = parse_config(LabelConfig, __doc__, argv)
+    if cfg.temperature == 0 and not cfg.rate:
+        fail("--temperature 0 (greedy) would give K identical responses; use a temperature > 0")
+    prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
+    out = cfg.out or ("out/ratings.jsonl" if cfg.rate else "out/rankings.jsonl")
+    done = rankings_in(out)
+    # 2. the model(s) to sample from
+    sample, names = server_sampler(cfg, done, pick_device(cfg.device))
+    # 3. can we write there? Say so now, not at the first submission
+    try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         open(out, "ab").close()
     except OSError as e:
         fail(f"--out {out}: cannot write ({e.strerror})")
+    # 4. serve until Ctrl-C
+    k = 2 if cfg.rate else cfg.k
     try:
-        server = LabelServer((args.host, args.port), sample, prompts, out, args.k, names, args.seed)
+        server = LabelServer((cfg.host, cfg.port), sample, prompts, out, k, names, cfg.seed)
     except OSError as e:
-        fail(f"--host {args.host} --port {args.port}: cannot listen ({e.strerror})")
+        fail(f"--host {cfg.host} --port {cfg.port}: cannot listen ({e.strerror})")
     host, port = server.server_address[:2]
-    print(f"labeling at http://{host}:{port}/  ({len(prompts)} prompts; {out} holds {server.count} lines, "
-          f"appending; Ctrl-C stops)", flush=True)
+    print(f"labeling at http://{host}:{port}/  ({len(prompts)} prompts; {out} holds {server.count} "
+          f"lines, appending; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
-"""What the front ends share. chat.py and serve.py: the context rule (fit_context) and answers fit for a
-terminal or a page (AnswerText). label.py's and serve.py's local web servers: a thread per connection, one
-static page, JSON replies, checked request bodies, and quiet disconnects. Standard library only (http.server)."""
+"""What the front ends share. chat.py and serve.py: the context rule (fit_context) and answers fit
+for a terminal or a page (AnswerText). label.py's and serve.py's local web servers: a thread per
+connection, one static page, JSON replies, checked request bodies, and quiet disconnects. Standard
+library only (http.server)."""
 import codecs
 import json
 import re
@@ -10,10 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def fit_context(turns, block_size, reserve):
     """The context rule of chat.py and serve.py. turns: token lists, oldest first, each a whole
-    <|user|>..<|assistant|>..<|end|> turn but the last, the new <|user|>{text}<|assistant|>. Keep the newest
-    whole turns that leave `reserve` tokens of the block for the answer; the new turn is kept whenever it
-    leaves at least one (the answer is then cut short). Returns (ids, dropped): the context and how many
-    old turns were left out, for the caller to say so; ids is None when the new turn alone fills the block."""
+    <|user|>..<|assistant|>..<|end|> turn but the last, the new <|user|>{text}<|assistant|>. Keep
+    the newest whole turns that leave `reserve` tokens of the block for the answer; the new turn is
+    kept whenever it leaves at least one (the answer is then cut short). Returns (ids, dropped): the
+    context and how many old turns were left out, for the caller to say so; ids is None when the
+    new turn alone fills the block."""
     if len(turns[-1]) >= block_size:
         return None, len(turns) - 1
     kept, n = 1, len(turns[-1])
@@ -23,14 +25,15 @@ def fit_context(turns, block_size, reserve):
     return [t for turn in turns[-kept:] for t in turn], len(turns) - kept
 
 
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # C0 and C1 control characters but \t and \n
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # C0 and C1 controls but \t and \n
 
 
 class AnswerText:
-    """An answer's text as its tokens arrive, fit for a terminal or a page: push() returns the characters
-    completed by a token (a token may end inside a UTF-8 character: it waits for the rest), never a control
-    character, and None at a special token, where the answer ends (<|end|>, or a template token the model
-    should not write). close() returns what is left (an unfinished character becomes U+FFFD)."""
+    """An answer's text as its tokens arrive, fit for a terminal or a page: push() returns the
+    characters completed by a token (a token may end inside a UTF-8 character: it waits for the
+    rest), never a control character, and None at a special token, where the answer ends (<|end|>,
+    or a template token the model should not write). close() returns what is left (an unfinished
+    character becomes U+FFFD)."""
 
     def __init__(self, tok):
         self.enc, self.specials = tok.to_tiktoken(), set(tok.special_tokens.values())
@@ -57,11 +60,11 @@ def answer_text(tok, ids):
 
 
 class PageServer(ThreadingHTTPServer):
-    """A thread per connection, one static page (self.page), and no traceback when a client leaves (a closed
-    tab is ordinary; anything else still prints one)."""
+    """A thread per connection, one static page (self.page), and no traceback when a client leaves
+    (a closed tab is ordinary; anything else still prints one)."""
     daemon_threads = True
-    request_queue_size = 128   # connections waiting to be accepted; at the default 5, clients that come
-                               # together see theirs dropped, and retried a second later
+    request_queue_size = 128   # connections waiting to be accepted; at the default 5, clients that
+                               # come together see theirs dropped, and retried a second later
 
     def __init__(self, address, handler, page):
         super().__init__(address, handler)
@@ -89,9 +92,9 @@ class PageHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def read_body(self, max_body):
-        """A POST's JSON body: (bytes, None), or (None, (status, message)) when it has no Content-Length (411),
-        is over max_body bytes (413; drained first, so that the client reads the answer) or is not
-        application/json (415, which a cross-site form cannot send)."""
+        """A POST's JSON body: (bytes, None), or (None, (status, message)) when it has no
+        Content-Length (411), is over max_body bytes (413; drained first, so that the client reads
+        the answer) or is not application/json (415, which a cross-site form cannot send)."""
         length = self.headers.get("Content-Length", "")
         if not length.isdigit():
             return None, (411, "a Content-Length header is needed")

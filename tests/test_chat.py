@@ -12,7 +12,7 @@ from conftest import ROOT, make_checkpoint
 
 import chat
 from data import encode_prompt
-from web import AnswerText, answer_text, fit_context
+from web import CONTROL, AnswerText, answer_text, fit_context
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,19 @@ def test_prompt_mode_answers_and_exits_0(ckpt, tiny_tok):
     assert len(want) > 0
 
 
+def test_the_defaults_sample_from_the_whole_distribution(ckpt, capsys):
+    """--top-k 0 and --top-p 1, the defaults, mean no cut: chat samples as GPT.generate does without
+    top_k and top_p."""
+    text = "Tell me about the navy."
+    chat.main(["--ckpt", ckpt, "--prompt", text, "--seed", "5", "--max-new-tokens", "24",
+               "--device", "cpu"])
+    want = CONTROL.sub("", expected_answer(ckpt, text, 5, 24, temperature=0.8))   # shown as chat does
+    assert capsys.readouterr().out == want + "\n" and len(want) > 0
+    chat.main(["--ckpt", ckpt, "--prompt", text, "--seed", "5", "--max-new-tokens", "24",
+               "--top-k", "3", "--device", "cpu"])
+    assert capsys.readouterr().out != want + "\n"   # the test can tell: a cut changes the answer
+
+
 def test_streamed_text_holds_only_complete_characters(tiny_tok):
     """A character split over two tokens is printed once both have arrived, never as U+FFFD."""
     ids = tiny_tok.to_tiktoken().encode_ordinary("\u6f22\u5b57 ok")
@@ -77,8 +90,8 @@ def test_streamed_text_holds_only_complete_characters(tiny_tok):
         def stream(self, context, *args, **kwargs):
             yield from ids
     pieces = []
-    args = chat.argparse.Namespace(max_new_tokens=10, temperature=1.0, top_k=None, top_p=None)
-    assert chat.answer(Replay(), tiny_tok, [1], args, None, pieces.append) == ids
+    cfg = chat.ChatConfig(max_new_tokens=10, temperature=1.0)
+    assert chat.answer(Replay(), tiny_tok, [1], cfg, None, pieces.append) == ids
     assert "".join(pieces) == "\u6f22\u5b57 ok" and "\ufffd" not in "".join(pieces)
     assert all(p == "" or p in "\u6f22\u5b57 ok" for p in pieces)   # each piece whole characters
 

@@ -193,3 +193,96 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_no_traceback(bad_inputs, case,
                                 cwd=bad_inputs, timeout=120)
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr + result.stdout
+
+
+# ----------------------------------------------------------------------------- the front ends
+def test_a_tuple_field_is_a_flag_given_once_per_value(capsys):
+    """serve.py's --ckpt a.pt --ckpt b.pt: a field typed tuple, default (), collects each use of its
+    flag, in order."""
+    import dataclasses
+    import serve
+
+    @dataclasses.dataclass
+    class Toy:
+        ckpt: tuple = flags.flag((), "a checkpoint; repeat the flag for several")
+        port: int = flags.flag(8000, "a port", ge=0)
+    assert flags.parse_config(Toy, "toy", []) == Toy(ckpt=(), port=8000)
+    argv = ["--ckpt", "a.pt", "--port", "1", "--ckpt", "b.pt"]
+    assert flags.parse_config(Toy, "toy", argv) == Toy(ckpt=("a.pt", "b.pt"), port=1)
+    with pytest.raises(SystemExit, match="^error: argument --ckpt: expected one argument"):
+        flags.parse_config(Toy, "toy", ["--ckpt"])
+    with pytest.raises(SystemExit):
+        flags.parse_config(Toy, "toy", ["--help"])
+    assert "--ckpt STR" in capsys.readouterr().out
+    cfg = flags.parse_config(serve.ServeConfig, serve.__doc__, argv[:2] + argv[4:])
+    assert cfg.ckpt == ("a.pt", "b.pt")
+
+
+FRONT_ENDS = {"chat": "ChatConfig", "label": "LabelConfig", "serve": "ServeConfig",
+              "pipeline": "PipelineConfig"}
+
+
+@pytest.mark.parametrize("script", FRONT_ENDS)
+def test_help_of_the_front_ends_explains_every_flag(script, capsys):
+    """chat, label, serve and pipeline take their flags from a config too: each one is in --help
+    with its help, its default and its range or choices."""
+    import dataclasses
+    import importlib
+    import re
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
+    assert module.__doc__.split("\n")[0] in text
+    cls = getattr(module, FRONT_ENDS[script])
+    for f in dataclasses.fields(cls):
+        meta, name = flags.field_meta(cls, f.name), flags.flag_name(f.name)
+        assert meta.get("help"), f"{script} {name} has no help"
+        assert re.search(rf"(?<![\w-]){name}(?![\w-])", text), name
+        assert " ".join(meta["help"].split()[:4]) in text, name
+        default = f"default {f.default!r}" if f.default == "" else f"default {f.default}"
+        assert default in text, name
+        if meta.get("bounds"):
+            assert flags.bounds_text(meta["bounds"]) in text, name
+        if meta.get("choices"):
+            assert "{" + ",".join(meta["choices"]) + "}" in text, name
+
+
+FRONT_BAD = [  # (script, flags ({d}: bad_inputs' folder), what the one line must say)
+    ("chat", "--temperature -1 --ckpt {d}/missing.pt", "--temperature -1.0: must be >= 0"),
+    ("chat", "--top-p 0 --ckpt {d}/missing.pt", "--top-p 0.0: must be in (0, 1]"),
+    ("chat", "--ckpt {d}/missing.pt --prompt hi", "--ckpt {d}/missing.pt: no such file"),
+    ("label", "--k 10 --ckpt {d}/missing.pt", "--k 10: must be in [2, 9]"),
+    ("label", "--port 70000", "--port 70000: must be in [0, 65535]"),
+    ("label", "--ckpt {d}/rm.pt", "--ckpt {d}/rm.pt: is a 'rm' checkpoint"),
+    ("serve", "--max-batch 0 --ckpt {d}/missing.pt", "--max-batch 0: must be >= 1"),
+    ("serve", "--ckpt {d}/sft.pt --ckpt {d}/missing.pt", "--ckpt {d}/missing.pt: no such file"),
+    ("pipeline", "--rounds 0", "--rounds 0: must be >= 1"),
+    ("pipeline", "--rounds two", "argument --rounds: invalid int value: 'two'"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(FRONT_BAD)), ids=[f"{s} {f}" for s, f, _ in FRONT_BAD])
+def test_bad_input_to_a_front_end_is_one_line(bad_inputs, case):
+    """In-process and as `python script.py ...`: one error line, exit status 1, no traceback, and
+    nothing written (label's --out and pipeline's --out-dir point into the folder)."""
+    import importlib
+    import subprocess
+    import sys
+    from conftest import ROOT
+    script, given, expected = FRONT_BAD[case]
+    argv = [a.format(d=bad_inputs) for a in given.split()]
+    argv += {"chat": ["--device", "cpu"], "serve": ["--device", "cpu"],
+             "label": ["--device", "cpu", "--out", str(bad_inputs / "out.jsonl")],
+             "pipeline": ["--out-dir", str(bad_inputs / "out")]}[script]
+    expected = expected.format(d=bad_inputs)
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main(argv)
+    assert isinstance(e.value.code, str) and e.value.code.startswith("error: ")
+    assert "\n" not in e.value.code and expected in e.value.code, e.value.code
+    result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *argv], capture_output=True,
+                            text=True, cwd=bad_inputs, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert not list(bad_inputs.glob("out*")), "nothing may be written"

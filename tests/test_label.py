@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import ROOT, make_checkpoint, reset_connection
+from test_serve import first_line
 
 import label
 
@@ -198,15 +199,15 @@ def run_label(args, ranking=None):
     proc = subprocess.Popen([sys.executable, "label.py", "--port", "0", "--max-new-tokens", "8", "--device", "cpu"]
                             + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("labeling at http://127.0.0.1:"), line + proc.stderr.read()
+        line = first_line(proc)
+        assert line.startswith("labeling at http://127.0.0.1:"), line
         url = line.split()[2].rstrip("/")
         status, item = request(url + "/api/next")
         if ranking is not None:
             assert request(url + "/api/submit", {"id": item["id"], "ranking": ranking})[0] == 200
         return status, item
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=30)
 
 
@@ -247,8 +248,8 @@ def test_cli_then_train_rm(tmp_path, tiny_tok):
                              "--max-new-tokens", "8", "--device", "cpu"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("labeling at http://127.0.0.1:"), line + proc.stderr.read()
+        line = first_line(proc)
+        assert line.startswith("labeling at http://127.0.0.1:"), line
         url = line.split()[2].rstrip("/")
         _, item = request(url + "/api/next")
         for _ in range(6):
@@ -256,7 +257,7 @@ def test_cli_then_train_rm(tmp_path, tiny_tok):
             assert status == 200, reply
             item = reply["next"]
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=30)
     from data import load_rankings
     rankings = load_rankings(str(out))
@@ -270,9 +271,10 @@ def test_cli_then_train_rm(tmp_path, tiny_tok):
 
 
 @pytest.mark.parametrize("flags, error", [
-    (["--k", "1"], "--k 1: must be 2..9"),
-    (["--port", "70000"], "--port 70000: must be 0..65535"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--k", "1"], "--k 1: must be in \\[2, 9\\]"),
+    (["--port", "70000"], "--port 70000: must be in \\[0, 65535\\]"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: must be >= 1"),
+    (["--top-k", "-1"], "--top-k -1: must be >= 0"),
     (["--temperature", "0"], "--temperature 0 \\(greedy\\) would give K identical responses"),
     (["--prompts", "{tmp}/none.jsonl"], "--prompts .*none.jsonl: no such file"),
     (["--out", "{tmp}"], "--out .*: is a folder"),

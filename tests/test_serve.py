@@ -4,6 +4,7 @@ what is checked is that the server gives exactly what the model generates, not t
 import http.client
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -108,22 +109,41 @@ def test_openai_client_plain_streamed_n_and_models(server, ckpts, tiny_tok):
     assert a.usage.completion_tokens >= 2
 
 
-def test_a_seeded_request_gives_the_same_answers_in_a_batch(server):
-    """Its rows draw from its own generator, whatever else is in the batch."""
-    body = {"model": "ppo", "messages": [{"role": "user", "content": PROMPT}], "n": 2, "seed": 3, "max_tokens": 16,
-            "temperature": 1.2, "top_p": 0.9}
-    alone = post(server.url + "/v1/chat/completions", body)[1]["choices"]
-    others = [{"model": "ppo", "messages": [{"role": "user", "content": f"Part {i}"}], "max_tokens": 16,
-               "temperature": t} for i, t in enumerate((0, 0.7, 1.0, 1.2))]
-    replies = [None] * 5
-    threads = [threading.Thread(target=lambda i, b: replies.__setitem__(i, post(server.url + "/v1/chat/completions", b)),
-                                args=(i, b)) for i, b in enumerate([body] + others)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(status == 200 for status, _ in replies)
-    assert replies[0][1]["choices"] == alone
+def test_a_seeded_request_gives_the_same_answers_in_a_batch(ckpts, monkeypatch):
+    """Its rows draw from its own generator, whatever else is in the batch: alone, and in one batch
+    with four other requests (other prompts, temperatures and top_p), it gets the same answers."""
+    batches, generate = [], serve.Batcher.generate
+
+    def recording(self, jobs):   # the Batcher's batches, as the lists of jobs they ran
+        batches.append(jobs)
+        return generate(self, jobs)
+    monkeypatch.setattr(serve.Batcher, "generate", recording)
+    body = {"model": "ppo", "messages": [{"role": "user", "content": PROMPT}], "n": 2, "seed": 3,
+            "max_tokens": 16, "temperature": 1.2, "top_p": 0.9}
+    others = [{"model": "ppo", "messages": [{"role": "user", "content": f"Part {i}"}],
+               "max_tokens": 16, "temperature": t} for i, t in enumerate((0, 0.7, 1.0, 1.2))]
+    srv = start(ckpts, gather=2, max_batch=6)   # a batch starts when 6 rows wait, or after 2 s
+    url, replies, go = srv.url + "/v1/chat/completions", [None] * 5, threading.Barrier(5)
+
+    def ask(i, b):
+        go.wait()
+        replies[i] = post(url, b)
+    try:
+        status, alone = post(url, body)
+        assert status == 200 and [len(jobs) for jobs in batches] == [1]   # it ran alone
+        threads = [threading.Thread(target=ask, args=(i, b)) for i, b in enumerate([body] + others)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [status for status, _ in replies] == [200] * 5
+    assert len(batches) == 2 and len(batches[1]) == 5                     # one batch held all five
+    seeded = [job for job in batches[1] if job.generator is not None]
+    assert len(seeded) == 1 and seeded[0].context == batches[0][0].context and seeded[0].n == 2
+    assert replies[0][1]["choices"] == alone["choices"] and len(alone["choices"]) == 2
 
 
 def test_api_equals_chat_py_at_temperature_0(server, ckpts):
@@ -372,18 +392,29 @@ def test_a_client_that_leaves_frees_its_rows(ckpts, tiny_tok, recorded, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def first_line(proc, timeout=60):
+    """The first line a server started with Popen prints; if none comes within timeout seconds (or
+    it ends first), its stderr instead, once it is killed: for the assertion's message."""
+    if select.select([proc.stdout], [], [], timeout)[0]:
+        line = proc.stdout.readline()
+        if line:
+            return line
+    proc.kill()
+    return proc.stderr.read()
+
+
 def test_command_line(ckpts):
     proc = subprocess.Popen([sys.executable, "serve.py", "--ckpt", ckpts["ppo"], "--ckpt", ckpts["sft"], "--port", "0",
                              "--host", "0.0.0.0", "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving ppo, sft at http://0.0.0.0:"), line + proc.stderr.read()
+        line = first_line(proc)
+        assert line.startswith("serving ppo, sft at http://0.0.0.0:"), line
         port = int(line.split()[4].rsplit(":", 1)[1].strip("/"))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as r:
             assert [m["id"] for m in json.loads(r.read())["data"]] == ["ppo", "sft"]
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=30)
     assert "warning: --host 0.0.0.0: anyone who can reach this machine can use the models" in proc.stderr.read()
 
@@ -393,7 +424,8 @@ def test_command_line(ckpts):
     (["--max-n", "9", "--max-batch", "4"], "--max-n 9: cannot be over --max-batch 4"),
     (["--max-tokens", "0"], "--max-tokens 0: must be >= 1"),
     (["--gather", "-1"], "--gather -1.0: must be >= 0"),
-    (["--port", "70000"], "--port 70000: must be 0..65535"),
+    (["--port", "70000"], "--port 70000: must be in \\[0, 65535\\]"),
+    (["--max-n", "0"], "--max-n 0: must be >= 1"),
     (["--ckpt", "{tmp}/rm.pt"], "--ckpt .*rm.pt: is a 'rm' checkpoint"),
     (["--ckpt", "{tmp}/none.pt"], "--ckpt .*none.pt: no such file"),
 ])
