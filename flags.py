@@ -28,9 +28,11 @@ BOUNDS = {"gt": (">", operator.gt), "ge": (">=", operator.ge), "lt": ("<", opera
           "le": ("<=", operator.le)}
 
 
-def flag(default, help, *, gt=None, ge=None, lt=None, le=None, choices=None, fixed=False, output=False):
-    """A field of a stage's config that parse_config makes a flag. help: its --help text; gt/ge/lt/le: the
-    bounds its value must keep (greater than, greater or equal, ...); choices: the values it may take;
+def flag(default, help, *, gt=None, ge=None, lt=None, le=None, choices=None, fixed=False,
+         output=False):
+    """A field of a stage's config that parse_config makes a flag. help: its --help text;
+    gt/ge/lt/le: the bounds its value must keep (greater than, greater or equal, ...); choices: the
+    values it may take;
     fixed: a run continued with --resume keeps the checkpoint's value (the model's shape, the data);
     output: a file the stage writes, checked for being writable before any work starts."""
     bounds = {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le).items() if v is not None}
@@ -54,13 +56,14 @@ def in_bounds(value, bounds):
 
 @dataclasses.dataclass
 class RunConfig:
-    """The flags every training stage has; a stage's config subclasses it and names its own --out."""
-    out: str = flag("out/model.pt", "the checkpoint to write; its log (.log.jsonl) and picture (.svg) "
-                    "go next to it", output=True)
+    """The flags every training stage has; a stage's config subclasses it and names its --out."""
+    out: str = flag("out/model.pt", "the checkpoint to write; its log (.log.jsonl) and picture "
+                    "(.svg) go next to it", output=True)
     resume: bool = flag(False, "continue --out with the flags it was run with; flags given now "
                         "override them")
     seed: int = flag(1337, "the seed of everything random (weights, batches, samples)")
-    device: str = flag("auto", "auto: cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
+    device: str = flag("auto", "auto: cuda, else mps, else cpu",
+                       choices=("auto", "cpu", "cuda", "mps"))
     precision: str = flag("auto", "auto: bf16 autocast on GPUs and on CPUs with bf16, else fp32",
                           choices=("auto", "bf16", "fp32"))
 
@@ -69,19 +72,20 @@ class RunConfig:
 class OptimizerConfig(RunConfig):
     """AdamW with a linear warm-up and a cosine decay: the optimizer of pretraining, SFT and the RM
     (each stage sets its own defaults; PPO's Adam has its own flags)."""
-    lr: float = flag(2e-3, "peak learning rate (AdamW): linear warm-up, then cosine decay to a tenth",
-                     gt=0)
+    lr: float = flag(2e-3, "peak learning rate (AdamW): linear warm-up, then cosine decay to a "
+                     "tenth", gt=0)
     warmup_iters: int = flag(50, "steps of learning-rate warm-up", ge=0)
     weight_decay: float = flag(0.1, "AdamW weight decay, on matrices only", ge=0)
     grad_clip: float = flag(1.0, "largest global norm of the gradient", gt=0)
 
 
 def check_writable(path, flag):
-    """fail() unless a file can be written at path (missing folders are made later), before any slow work."""
+    """fail() unless a file can be written at path (missing folders are made later), before any
+    slow work."""
     if os.path.isdir(path):
         fail(f"{flag} {path}: is a folder, expected a file name")
     folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):   # the nearest folder that exists: the others will be made in it
+    while not os.path.exists(folder):   # the nearest folder that exists: the rest are made in it
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         fail(f"{flag} {path}: {folder} is a file, not a folder")
@@ -93,7 +97,7 @@ def check_writable(path, flag):
 
 
 class FlagParser(argparse.ArgumentParser):
-    def error(self, message):   # argparse's own errors (a wrong type, an unknown flag): one line too
+    def error(self, message):   # argparse's errors (a wrong type, an unknown flag): one line too
         fail(f"{message} (see --help)")
 
 
@@ -111,9 +115,9 @@ def flag_name(field_name):
 
 
 def make_parser(cls, doc):
-    """The argparse parser of a config: --field-name per field (bools --x/--no-x; a tuple of strings,
-    default (), takes the flag once per value), the stage's own fields first; doc's first two
-    paragraphs (title and examples) head --help."""
+    """The argparse parser of a config: --field-name per field (bools --x/--no-x; a tuple of
+    strings, default (), takes the flag once per value), the stage's own fields first; doc's first
+    two paragraphs (title and examples) head --help."""
     parser = FlagParser(description="\n\n".join(doc.split("\n\n")[:2]),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     own_first = sorted(dataclasses.fields(cls), key=lambda f: f.name not in cls.__annotations__)
@@ -145,15 +149,16 @@ def resumed_values(cls, given, values, stage):
     for key, value in given.items():
         if field_meta(cls, key).get("fixed") and key in saved and value != saved[key]:
             name = flag_name(key)
-            fail(f"{name} {value}: {path} was trained with {name} {saved[key]}, and a resumed run keeps "
-                 f"it (leave the flag out, or start a new run with another --out)")
+            fail(f"{name} {value}: {path} was trained with {name} {saved[key]}, and a resumed run "
+                 f"keeps it (leave the flag out, or start a new run with another --out)")
     return {k: v for k, v in saved.items() if k in values}
 
 
 def parse_config(cls, doc, argv=None, stage=None):
-    """The config of a stage from its command line. Every value is checked here, before any slow work:
-    the first bad one is one error line. --resume (a config with `resume` and `out` fields; `stage` is
-    the checkpoint's) starts from the run's own flags: flags given now override only what they name."""
+    """The config of a stage from its command line. Every value is checked here, before any slow
+    work: the first bad one is one error line. --resume (a config with `resume` and `out` fields;
+    `stage` is the checkpoint's) starts from the run's own flags: flags given now override only what
+    they name."""
     given = vars(make_parser(cls, doc).parse_args(argv))
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}   # tuple fields
     values = {f.name: f.default for f in dataclasses.fields(cls)}
