@@ -1,7 +1,7 @@
 """The whole chain in one command: pretrain -> SFT -> (RM -> PPO) x rounds -> eval, and the report.
 
     python pipeline.py             # the defaults, into out/ (15 to 25 minutes on a 2-core CPU)
-    python pipeline.py --rounds 2  # steps 2 and 3 twice (the default is one: README, Levers)
+    python pipeline.py --rounds 2  # steps 2 and 3 twice (the default is one: docs/RESULTS.md)
     python pipeline.py --quick     # tiny settings, a slice of the corpus, into out/quick/ (~1 min)
 
 InstructGPT runs step 1 (SFT) once and repeats steps 2 and 3: round r ranks samples of round r-1's
@@ -42,7 +42,7 @@ QUICK = {
 }
 QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains on them in a second
 ROUNDS = 1          # RLHF rounds (steps 2 and 3) by default: in the 15-minute budget one round
-                    # gave the most gold at KL <= 10 (README, "Levers"); --rounds 2 is InstructGPT's
+                    # gave the most gold at KL <= 10 (docs/RESULTS.md); --rounds 2 is InstructGPT's
 RANKINGS = 3000     # rankings in all, split evenly over the rounds
 LATER_PPO = ["--max-iters", "50"]   # a later round's PPO goes on from the last policy: half as long
 

@@ -1,4 +1,4 @@
-"""The reward-model levers of the README's lever table, on pools of rankings sampled once and kept on disk,
+"""The reward-model levers of docs/RESULTS.md, on pools of rankings sampled once and kept on disk,
 so that each variant trains on exactly the same rankings (train_rm.py samples afresh every run):
 
     python bench/rm_levers.py pool out/sft.pt 3000 1 out/levers/pool_sft.pkl          # 3,000 K=8 rankings of SFT

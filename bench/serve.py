@@ -2,7 +2,7 @@
 (serve.py's default) against serving the same requests one at a time (--max-batch 1), in the same run.
 
 Both servers run as their own processes (python serve.py ...) on one checkpoint: --ckpt, or by default a random
-model of the default pretraining config (train_pretrain.PretrainConfig: 4 layers, d256, rotary, SwiGLU, block 128)
+model of the default pretraining config (train_pretrain.PretrainConfig: 4 layers, d256, rotary, SwiGLU, block 256)
 with a 2,048-token BPE trained on the first MB of the corpus. Random weights cost what trained ones cost; they
 seldom write <|end|>, so most answers run to --max-tokens. Each client streams --requests requests one after
 another (the labeler's task prompts, temperature 1); tokens/s = all the answers' tokens / wall time, TTFT = from
