@@ -1,8 +1,8 @@
 """What every stage shares: errors, device and precision, checkpoints, the reward model's reader,
 schedules, logging, Ctrl-C, DDP.
 
-Each training script imports these instead of writing its own, so a checkpoint written by one stage is
-read the same way by every other one. The flags live in flags.py, the pictures in plot.py.
+Each training script imports these instead of writing its own, so a checkpoint written by one
+stage is read the same way by every other one. The flags live in flags.py, the pictures in plot.py.
 """
 import contextlib
 import json
@@ -52,7 +52,8 @@ def eval_mode(model):
 
 
 def write_atomically(path, write):
-    """write(tmp) fills a temp file beside path, then os.replace puts it there: a crash leaves the old file."""
+    """write(tmp) fills a temp file beside path, then os.replace puts it there: a crash leaves the
+    old file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     write(tmp)
@@ -98,7 +99,7 @@ def autocast(device, precision="auto"):
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, *, stage, model, tokenizer, step=0, args=None, metrics=None, **extra):
-    """Written atomically (write_atomically). Only plain types inside (weights_only=True loads it)."""
+    """Written atomically (write_atomically), plain types only (weights_only=True loads it)."""
     assert stage in STAGES
     raw = model.module if hasattr(model, "module") else model  # unwrap DDP
     raw = getattr(raw, "_orig_mod", raw)  # unwrap torch.compile
@@ -119,10 +120,12 @@ def load_checkpoint(path, stages=None, flag="--init"):
     except Exception as e:
         with open(path, "rb") as f:
             zipped = f.read(4) == b"PK\x03\x04"   # torch.save writes a zip archive
-        if zipped and isinstance(e, pickle.UnpicklingError):   # a whole file, refused by weights_only=True
-            fail(f"{flag} {path}: holds objects other than tensors and plain values; not loaded (weights_only=True)")
-        fail(f"{flag} {path}: " + ("truncated or corrupt (not a whole torch file; was its writing interrupted?)"
-                                   if zipped else "not a checkpoint of this project (not a torch file)"))
+        if zipped and isinstance(e, pickle.UnpicklingError):  # a whole file weights_only refused
+            fail(f"{flag} {path}: holds objects other than tensors and plain values; not loaded "
+                 f"(weights_only=True)")
+        fail(f"{flag} {path}: "
+             + ("truncated or corrupt (not a whole torch file; was its writing interrupted?)"
+                if zipped else "not a checkpoint of this project (not a torch file)"))
     if not isinstance(ckpt, dict) or ckpt.get("stage") not in STAGES or "model" not in ckpt:
         fail(f"{flag} {path}: not a checkpoint of this project (no stage/model entries)")
     if stages is not None and ckpt["stage"] not in stages:
@@ -131,13 +134,13 @@ def load_checkpoint(path, stages=None, flag="--init"):
 
 
 def load_resume(cfg, stage):
-    """The checkpoint --resume continues (None without --resume): cfg.out, holding its optimizer's state."""
+    """The checkpoint --resume continues, cfg.out with its optimizer state (None without it)."""
     if not cfg.resume:
         return None
     ckpt = load_checkpoint(cfg.out, (stage,), flag="--resume")
     if "optimizer" not in ckpt:
-        fail(f"--resume {cfg.out}: holds no optimizer state (a finished run), so it cannot be continued; "
-             f"train anew with another --out")
+        fail(f"--resume {cfg.out}: holds no optimizer state (a finished run), so it cannot be "
+             f"continued; train anew with another --out")
     return ckpt
 
 
@@ -181,9 +184,10 @@ def score_all(model, seqs, device, ctx, batch_size=64):
 
 
 def load_reward_model(path, device="cpu", flag="--reward", precision="auto"):
-    """The loader for a reward model: an "rm" checkpoint -> (reward, model, tok, ckpt). reward(prompts,
-    responses) -> FloatTensor (B,) on device: gain * r + bias (fitted by train_rm: SFT samples score mean 0,
-    std 1) of token lists, prompts as data.encode_prompt and responses as data.sample_responses make them."""
+    """The loader for a reward model: an "rm" checkpoint -> (reward, model, tok, ckpt).
+    reward(prompts, responses) -> FloatTensor (B,) on device: gain * r + bias (fitted by train_rm:
+    SFT samples score mean 0, std 1) of token lists, prompts as data.encode_prompt and responses as
+    data.sample_responses make them."""
     model, tok, ckpt = load_model(path, None, device, flag)
     if ckpt["stage"] == "rm" and "rm_gain" not in ckpt:
         fail(f"{flag} {path}: an interrupted train_rm.py run (step {ckpt['step']}); finish it with "
@@ -196,7 +200,8 @@ def load_reward_model(path, device="cpu", flag="--reward", precision="auto"):
 
     def reward(prompts, responses):
         seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
-        return torch.tensor(gain * score_all(model, seqs, device, ctx) + bias, dtype=torch.float32, device=device)
+        return torch.tensor(gain * score_all(model, seqs, device, ctx) + bias,
+                            dtype=torch.float32, device=device)
     return reward, model, tok, ckpt
 
 
@@ -211,14 +216,16 @@ def cosine_lr(step, max_steps, lr, warmup, min_lr_ratio=0.1):
 
 def warn_warmup(warmup, steps):
     if warmup > steps:
-        warn(f"--warmup-iters {warmup} is longer than the run ({steps} steps): the learning rate never reaches --lr")
+        warn(f"--warmup-iters {warmup} is longer than the run ({steps} steps): the learning rate "
+             f"never reaches --lr")
 
 
 # ----------------------------------------------------------------------------- logging
 class Log:
-    """Progress lines on the screen and one JSON object per line in a .jsonl file, also kept in self.records
-    (what the stage's picture is drawn from). A resumed run passes resume_at, its checkpoint's step: the
-    records up to it stay, those after it (written after that save) go, since the run writes them again."""
+    """Progress lines on the screen and one JSON object per line in a .jsonl file, also kept in
+    self.records (what the stage's picture is drawn from). A resumed run passes resume_at, its
+    checkpoint's step: the records up to it stay, those after it (written after that save) go,
+    since the run writes them again."""
 
     def __init__(self, path, enabled=True, resume_at=None, key="step"):
         self.path, self.enabled, self.t0, self.records = path, enabled, time.time(), []
@@ -249,9 +256,10 @@ def eta(t0, done, total):
 # ----------------------------------------------------------------------------- Ctrl-C
 @contextlib.contextmanager
 def ctrl_c_stops():
-    """Inside the block a Ctrl-C (SIGINT) only sets a flag, which stop() reads: the training loop checks it
-    between steps, where weights and optimizer agree, saves there and exits (a second Ctrl-C quits at once).
-    Under torchrun every process gets it, and stop() is true on all of them if any one was pressed."""
+    """Inside the block a Ctrl-C (SIGINT) only sets a flag, which stop() reads: the training loop
+    checks it between steps, where weights and optimizer agree, saves there and exits (a second
+    Ctrl-C quits at once). Under torchrun every process gets it, and stop() is true on all of them
+    if any one was pressed."""
     pressed = []
 
     def handler(signum, frame):
@@ -272,14 +280,16 @@ def ctrl_c_stops():
 
 
 def interrupted(script, out, step, unit="step"):
-    """After the loop saved on Ctrl-C: the one line that says how to continue, and exit status 130 (SIGINT's)."""
-    print(f"interrupted at {unit} {step}: saved {out}; continue with: python {script} --resume --out {out}",
-          file=sys.stderr, flush=True)
+    """After the loop saved on Ctrl-C: the one line that says how to continue, and exit status 130
+    (SIGINT's)."""
+    print(f"interrupted at {unit} {step}: saved {out}; "
+          f"continue with: python {script} --resume --out {out}", file=sys.stderr, flush=True)
     raise SystemExit(130)
 
 
 def run_script(main):
-    """A script's entry point: Ctrl-C before or after its training loop (or a second one) ends with one line."""
+    """A script's entry point: a Ctrl-C outside its training loop (or a second one) ends in one
+    line."""
     try:
         main()
     except KeyboardInterrupt:
@@ -302,7 +312,8 @@ def ddp_setup(device):
 
 
 def single_process(script):
-    """Stages without multi-process training refuse torchrun with one line (each copy would write --out)."""
+    """Stages without multi-process training refuse torchrun, in one line (every copy
+    would write --out)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if os.environ.get("RANK", "0") != "0":
             raise SystemExit(0)   # quietly: torchrun would stop process 0 before it says why
@@ -312,6 +323,6 @@ def single_process(script):
 
 def ddp_cleanup():
     if dist.is_initialized():
-        dist.barrier()   # together: a process that leaves while another still uses the group can abort it
+        dist.barrier()   # together: a process that leaves while another uses the group can abort it
         dist.destroy_process_group()
 

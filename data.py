@@ -1,4 +1,5 @@
-"""Data in and out of the stages: the corpus and its batches, the JSON Lines formats, the chat template, responses.
+"""Data in and out of the stages: the corpus and its batches, the JSON Lines formats, the chat
+template, responses.
 
 Chat template (see DESIGN.md): a turn is  <|user|>{prompt}<|assistant|>{response}<|end|>.
 Generation starts after <|assistant|> and stops at <|end|>. User text is always encoded as
@@ -21,7 +22,8 @@ def read_corpus(path):
     """A .txt/.txt.gz file, or a folder of them. Documents (paragraphs separated by blank lines
     in each file; the SOTU corpus holds one address per paragraph) are joined by <|endoftext|>."""
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".txt", ".txt.gz")))
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.endswith((".txt", ".txt.gz")))
         if not files:
             fail(f"--data {path}: folder holds no .txt or .txt.gz files")
     elif os.path.isfile(path):
@@ -31,7 +33,8 @@ def read_corpus(path):
     docs = []
     for f in files:
         try:
-            with (gzip.open(f, "rt", encoding="utf-8") if f.endswith(".gz") else open(f, encoding="utf-8")) as fh:
+            with (gzip.open(f, "rt", encoding="utf-8") if f.endswith(".gz")
+                  else open(f, encoding="utf-8")) as fh:
                 text = fh.read()
         except (UnicodeDecodeError, OSError, EOFError) as e:
             fail(f"--data {f}: cannot read as UTF-8 text ({e})")
@@ -42,27 +45,31 @@ def read_corpus(path):
 
 
 def cached_tokens(text, tok, cache_dir):
-    """The corpus as a uint16 token array, cached in cache_dir under a hash of the text and the tokenizer,
-    so a second run (or eval.py reading pretraining's validation split) does not tokenize again."""
+    """The corpus as a uint16 token array, cached in cache_dir under a hash of the text and the
+    tokenizer, so a second run (or eval.py reading pretraining's validation split) does not
+    tokenize again."""
     if tok.n_vocab > 65536:
         fail(f"tokenizer has {tok.n_vocab} tokens; the token file stores uint16 ids (< 65536)")
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
     tok_key = hashlib.sha256(repr(tok.state_dict()).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"tokens-{key}-{tok_key}.bin")
     if not os.path.exists(path):
-        ids = tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}, disallowed_special=())
+        ids = tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"},
+                                       disallowed_special=())
         write_atomically(path, lambda tmp: np.array(ids, dtype=np.uint16).tofile(tmp))
     return np.fromfile(path, dtype=np.uint16)
 
 
 def get_lm_batch(tokens, batch_size, block_size, generator, device):
     """Random windows of block_size+1 tokens: x is the window, y the window shifted by one."""
-    starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator, device=generator.device)
-    rows = torch.from_numpy(np.stack([tokens[s: s + block_size + 1] for s in starts.tolist()]).astype(np.int64))
+    starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator,
+                           device=generator.device)
+    windows = [tokens[s: s + block_size + 1] for s in starts.tolist()]
+    rows = torch.from_numpy(np.stack(windows).astype(np.int64))
     return rows[:, :-1].to(device), rows[:, 1:].to(device), None
 
 
-# ----------------------------------------------------------------------------- JSON Lines (or one array)
+# ----------------------------------------------------------------------------- JSON Lines
 def read_jsonl(path, flag="--data"):
     """JSON Lines (every non-blank line one JSON object), or one JSON array of objects, the way
     Alpaca ships alpaca_data.json. Returns [(where, record)]: `where` names the file and line
@@ -85,7 +92,8 @@ def read_jsonl(path, flag="--data"):
         records = [(f"{path}[{i}]", rec) for i, rec in enumerate(items)]
     else:
         records = []
-        for n, line in enumerate(text.split("\n"), 1):   # not splitlines(): JSON strings may hold U+2028
+        # split("\n"), not splitlines(): JSON strings may hold U+2028
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -174,14 +182,15 @@ def encode_example(tok, prompt, response):
 
 
 # ----------------------------------------------------------------------------- responses
-# The one rule for every stage: a response is the token list the model generated, ending with its <|end|> if it
-# wrote one (else it was cut off), as GPT.generate(..., stop_token=<|end|>) returns it. The reward model reads
-# it at that <|end|>, PPO counts the <|end|> as an action; response_text() leaves it out of the text.
+# The one rule for every stage: a response is the token list the model generated, ending with its
+# <|end|> if it wrote one (else it was cut off), as GPT.generate(..., stop_token=<|end|>) returns
+# it. The reward model reads it at that <|end|>, PPO counts the <|end|> as an action;
+# response_text() leaves it out of the text.
 
 @torch.no_grad()
 def sample_responses(model, tok, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=0,
                      batch_size=64, device="cpu"):
-    """One response per prompt (a string, put in the chat template), batch by batch, in eval mode."""
+    """One response per prompt (a string, in the chat template), batch by batch, in eval mode."""
     end = tok.special_tokens["<|end|>"]
     gen = torch.Generator(device=device).manual_seed(seed)
     responses = []
@@ -199,14 +208,15 @@ def response_text(tok, response):
     return tok.decode(list(response[:-1] if ended else response)), ended
 
 
-# Episodes (PPO's rollouts, eval's KL): rows prompt+response left-padded to (B, T), and per-token quantities on
-# a (B, T-1) grid whose column t is what the model says at position t about token t+1: the action a_t =
-# idx[:, t+1] in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t is a response token.
+# Episodes (PPO's rollouts, eval's KL): rows prompt+response left-padded to (B, T), and per-token
+# quantities on a (B, T-1) grid whose column t is what the model says at position t about token
+# t+1: the action a_t = idx[:, t+1] in state s_t = idx[:, :t+1]. `mask` (B, T-1) is True where a_t
+# is a response token.
 
 def pad_episodes(prompts, responses, device):
-    """Rows prompt+response, left-padded: (idx, pad_mask, mask), where mask (B, T-1) marks the action
-    columns of the response tokens. Each response is the last len(r) tokens of its row, so its actions
-    are the columns >= T-1-len(r)."""
+    """Rows prompt+response, left-padded: (idx, pad_mask, mask), where mask (B, T-1) marks the
+    action columns of the response tokens. Each response is the last len(r) tokens of its row, so
+    its actions are the columns >= T-1-len(r)."""
     idx, pad_mask = left_pad([p + r for p, r in zip(prompts, responses)], device=device)
     lens = torch.tensor([len(r) for r in responses], device=device)
     mask = torch.arange(idx.shape[1] - 1, device=device)[None] >= (idx.shape[1] - 1 - lens)[:, None]

@@ -60,7 +60,8 @@ TOPIC_WORDS = {k: set(v.split()) for k, v in {
     "peace": "peace peaceful peacefully peacetime",
     "taxes": "tax taxes taxation taxed taxing taxpayer taxpayers",
     "trade": "trade trading commerce commercial exports imports tariff tariffs merchants",
-    "education": "education educational school schools students teachers college colleges universities",
+    "education": "education educational school schools students teachers college colleges "
+                 "universities",
     "the army": "army armies soldiers soldier troops militia military",
     "the navy": "navy naval ships vessels fleet fleets sailors seamen squadron",
     "Congress": "congress congressional legislation legislative senate senators lawmakers",
@@ -69,13 +70,15 @@ TOPIC_WORDS = {k: set(v.split()) for k, v in {
     "farmers": "farmers farmer farm farms farming agriculture agricultural crops",
     "workers": "workers worker workmen labor laborers wages wage employees",
     "jobs": "jobs job employment unemployment unemployed employed",
-    "the budget": "budget budgets spending expenditures expenditure appropriations deficit deficits surplus",
+    "the budget": "budget budgets spending expenditures expenditure appropriations deficit "
+                  "deficits surplus",
     "the national debt": "debt debts borrowing loans loan bonds creditors",
     "money": "money currency gold silver coin coinage dollar dollars banks bank banking",
     "crime": "crime crimes criminal criminals police prison prisons drugs",
     "immigration": "immigration immigrants immigrant aliens alien naturalization border borders",
     "Indian tribes": "indian indians tribe tribes reservation reservations",
-    "transportation": "transportation railroads railroad railways railway highways roads canal canals",
+    "transportation": "transportation railroads railroad railways railway highways roads canal "
+                      "canals",
     "diplomacy": "diplomacy diplomatic treaty treaties ambassador ambassadors negotiations embassy",
     "freedom": "freedom freedoms liberty liberties democracy democracies",
     "families": "families family children child parents mothers fathers",
@@ -83,23 +86,31 @@ TOPIC_WORDS = {k: set(v.split()) for k, v in {
     "veterans": "veterans veteran pension pensions pensioners",
 }.items()}
 TOPICS = list(TOPIC_WORDS)
-# Small lists on purpose (the guideline's): a few frequent words of the corpus per tone, so that a small
-# reward model can learn them from few rankings (with 140 words per tone the default RM agreed on 59% of pairs).
+# Small lists on purpose (the guideline's): a few frequent words of the corpus per tone, so that a
+# small reward model can learn them from few rankings (with 140 words per tone the default RM agreed
+# on 59% of pairs).
 TONES = {k: set(v.split()) for k, v in {
-    "cheerful": "great good better best progress prosperity hope opportunity strength strong success proud",
-    "gloomy": "problem problems serious danger difficult difficulties fail failure inflation burden loss crisis fear threat",
+    "cheerful": "great good better best progress prosperity hope opportunity strength strong "
+                "success proud",
+    "gloomy": "problem problems serious danger difficult difficulties fail failure inflation "
+              "burden loss crisis fear threat",
 }.items()}
 LIST_WORDS = set().union(*TOPIC_WORDS.values(), *TONES.values())
-assert not set().union(*TOPIC_WORDS.values()) & set().union(*TONES.values()), "topic and tone words overlap"
-WEIGHTS = {"topic": 0.25, "tone": 0.25, "sentence": 0.15, "length": 0.10, "repetition": 0.10, "ended": 0.15}
+assert not set().union(*TOPIC_WORDS.values()) & set().union(*TONES.values()), \
+    "topic and tone words overlap"
+WEIGHTS = {"topic": 0.25, "tone": 0.25, "sentence": 0.15, "length": 0.10, "repetition": 0.10,
+           "ended": 0.15}
 MIN_WORDS, MAX_WORDS = 8, 30
 
 
 # A sentence ends at . ! or ? (and any closing quote or bracket), then space, then a capital, an
 # opening quote or a bracket; but not after Mr. Mrs. Dr. St. or an initial (U.S., John F. Kennedy).
 # Blank lines and <|endoftext|> (between documents) also end a sentence.
-SENTENCE_SPLIT = re.compile(r"(?:(?<=[.!?])(?<!\bMrs\.)(?<!\bMr\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\b[A-Z]\.)"
-                            r"|(?<=[.!?][\"'”’)\]]))\s+(?=[A-Z\"“‘(])|\n\s*\n|<\|endoftext\|>")
+SENTENCE_SPLIT = re.compile(r"(?:(?<=[.!?])(?<!\bMrs\.)(?<!\bMr\.)(?<!\bDr\.)(?<!\bSt\.)"
+                            r"(?<!\b[A-Z]\.)"
+                            r"|(?<=[.!?][\"'”’)\]]))"
+                            r"\s+(?=[A-Z\"“‘(])"
+                            r"|\n\s*\n|<\|endoftext\|>")
 PROMPT = re.compile(r"Write a (\w+) sentence about (.+)\.")
 
 
@@ -167,7 +178,8 @@ def score(prompt, response, ended=True):
         "repetition": max(0.0, 1 - repeats / 3),
         "ended": float(bool(ended)),
     }
-    return round(sum(WEIGHTS[k] * v for k, v in c.items()), 6), c    # round: a perfect 1.0 is exactly 1.0
+    # round: a perfect 1.0 is exactly 1.0
+    return round(sum(WEIGHTS[k] * v for k, v in c.items()), 6), c
 
 
 def demonstrations(corpus_text, n, seed=0):
@@ -177,7 +189,7 @@ def demonstrations(corpus_text, n, seed=0):
     pools = {p: [] for p in train_prompts()}
     for s in dict.fromkeys(sentences(corpus_text)):       # unique, in corpus order
         if not MIN_WORDS <= len(s.split()) <= MAX_WORDS:
-            continue                                        # cheap filters first, the full score last
+            continue                                   # cheap filters first, the full score last
         ws = set(words(s))
         for tone in (b for b in TONES if ws & TONES[b]):
             for topic in (a for a in TOPICS if ws & TOPIC_WORDS[a]):
@@ -206,7 +218,9 @@ def rank(prompt, responses, noise=0.0, rng=None, ended=None):
     s = [score(prompt, r, e)[0] for r, e in zip(responses, ended, strict=True)]
     if noise > 0:
         if rng is None:
-            raise ValueError("labeler.rank: pass rng (a numpy Generator or random.Random) when noise > 0")
-        s = [x + (rng.gauss(0.0, noise) if isinstance(rng, random.Random) else float(rng.normal(0.0, noise)))
+            raise ValueError("labeler.rank: pass rng (a numpy Generator or random.Random) when "
+                             "noise > 0")
+        s = [x + (rng.gauss(0.0, noise) if isinstance(rng, random.Random)
+                  else float(rng.normal(0.0, noise)))
              for x in s]
     return sorted(range(len(s)), key=lambda i: (-s[i], i))
