@@ -53,11 +53,16 @@ def eval_mode(model):
 
 def write_atomically(path, write):
     """write(tmp) fills a temp file beside path, then os.replace puts it there: a crash leaves the
-    old file."""
+    old file (or none), and no temp file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:   # Ctrl-C or an error mid-write: no half-written file stays behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------- device
@@ -287,13 +292,13 @@ def interrupted(script, out, step, unit="step"):
     raise SystemExit(130)
 
 
-def run_script(main):
+def run_script(main, on_interrupt="interrupted; nothing saved since the last checkpoint"):
     """A script's entry point: a Ctrl-C outside its training loop (or a second one) ends in one
-    line."""
+    line, on_interrupt."""
     try:
         main()
     except KeyboardInterrupt:
-        print("interrupted; nothing saved since the last checkpoint", file=sys.stderr)
+        print(on_interrupt, file=sys.stderr)
         raise SystemExit(130) from None
 
 

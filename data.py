@@ -18,18 +18,19 @@ from common import eval_mode, fail, write_atomically
 from gpt import left_pad
 
 # ----------------------------------------------------------------------------- corpus
-def read_corpus(path):
+def read_corpus(path, flag="--data"):
     """A .txt/.txt.gz file, or a folder of them. Documents (paragraphs separated by blank lines
-    in each file; the SOTU corpus holds one address per paragraph) are joined by <|endoftext|>."""
+    in each file; the SOTU corpus holds one address per paragraph) are joined by <|endoftext|>.
+    flag: the command-line flag that named the path, for the error line."""
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
                        if f.endswith((".txt", ".txt.gz")))
         if not files:
-            fail(f"--data {path}: folder holds no .txt or .txt.gz files")
+            fail(f"{flag} {path}: folder holds no .txt or .txt.gz files")
     elif os.path.isfile(path):
         files = [path]
     else:
-        fail(f"--data {path}: no such file or folder")
+        fail(f"{flag} {path}: no such file or folder")
     docs = []
     for f in files:
         try:
@@ -37,10 +38,10 @@ def read_corpus(path):
                   else open(f, encoding="utf-8")) as fh:
                 text = fh.read()
         except (UnicodeDecodeError, OSError, EOFError) as e:
-            fail(f"--data {f}: cannot read as UTF-8 text ({e})")
+            fail(f"{flag} {f}: cannot read as UTF-8 text ({e})")
         docs += [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
     if not docs:
-        fail(f"--data {path}: the corpus is empty")
+        fail(f"{flag} {path}: the corpus is empty")
     return "<|endoftext|>".join(docs)
 
 

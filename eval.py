@@ -160,7 +160,10 @@ def validation_tokens(tok, pretrain_path, args, corpus=""):
     """The corpus's held-out tail, split as train_pretrain.main splits it (its last --val-fraction),
     from the token file pretraining cached next to its checkpoint (data.cached_tokens; or written
     there now)."""
-    text = read_corpus(corpus or args.get("data", "data/sotu.txt.gz"))
+    if corpus:
+        text = read_corpus(corpus, "--corpus")
+    else:   # the corpus the pretraining run read
+        text = read_corpus(args.get("data", "data/sotu.txt.gz"), f"{pretrain_path}'s --data")
     tokens = cached_tokens(text, tok, os.path.dirname(os.path.abspath(pretrain_path)))
     return tokens[-int(len(tokens) * args.get("val_fraction", 0.05)):]
 
@@ -584,4 +587,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script(main, "interrupted; no report written, the earlier one (if any) is unchanged")

@@ -406,7 +406,7 @@ def reward_model_fn(reward, tok):
 def corpus_batches(cfg, tok, block_size, device):
     """PPO-ptx: batch(generator) -> (x, y): random windows of the pretraining corpus
     (data.get_lm_batch)."""
-    text = read_corpus(cfg.ptx_data)
+    text = read_corpus(cfg.ptx_data, "--ptx-data")
     tokens = np.array(tok.to_tiktoken().encode(text, allowed_special={"<|endoftext|>"}))
     if len(tokens) < block_size + 2:
         fail(f"--ptx-data {cfg.ptx_data}: {len(tokens)} tokens, fewer than one block of "
@@ -576,9 +576,11 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     # 1. the models: policy, frozen reference, reward model (and the critic made from it)
     models, tok, rm, reward_fn, init_ckpt = load_models(cfg, device)
-    # 2. the prompts: the training ones, and those held out for the check at the end
+    # 2. the prompts (the training ones, those held out for the check at the end); PPO-ptx's corpus
     block_size = min(models.policy.config.block_size, rm.config.block_size)
     prompt_ids, heldout = training_prompts(cfg, tok, block_size)
+    ptx = (corpus_batches(cfg, tok, models.policy.config.block_size, device) if cfg.ptx_coef > 0
+           else None)
     # 3. where the run starts: new, or where --resume's checkpoint left it
     state = resume(cfg, models, init_ckpt) if cfg.resume else start_state(models, cfg)
     print(f"policy {models.policy.num_params() / 1e6:.2f} M parameters, reward model "
@@ -587,8 +589,6 @@ def main(argv=None):
     log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", key="iter",
               resume_at=state.iteration if cfg.resume else None)
     save = checkpoint_saver(cfg, models, tok, log)
-    ptx = (corpus_batches(cfg, tok, models.policy.config.block_size, device) if cfg.ptx_coef > 0
-           else None)
     end = tok.special_tokens["<|end|>"]
     t0 = time.time()
     with ctrl_c_stops() as stop:

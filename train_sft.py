@@ -1,16 +1,17 @@
 """Stage 1 (InstructGPT step 1): supervised fine-tuning on prompt/response demonstrations.
 
     python train_sft.py --init out/pretrain.pt     # demonstrations written by the simulated labeler
-    python train_sft.py --data demos.jsonl         # or your own {"prompt","response"} / Alpaca records
-    python train_sft.py --resume                   # continue out/sft.pt with its own flags (Ctrl-C saves)
+    python train_sft.py --data demos.jsonl         # or your own {prompt, response} / Alpaca rows
+    python train_sft.py --resume                   # continue out/sft.pt (Ctrl-C saves)
     torchrun --nproc_per_node=2 train_sft.py       # DistributedDataParallel, as in pretraining
 
 Each example is  <|user|>{prompt}<|assistant|>{response}<|end|>  and the loss covers only the
 response and its <|end|> (data.encode_example). It runs the pretraining loop (train_pretrain.train)
-with these batches. Each evaluation reports the loss on held-out demonstrations and samples responses:
-to the simulated labeler's held-out prompts, scored by it (the gold score), when the demonstrations are
-its task; to the held-out demonstrations' prompts otherwise, where no gold score exists and only the share
-of responses that end with <|end|> is reported. Next to --out: the log and its picture (.svg).
+with these batches. Each evaluation reports the loss on held-out demonstrations and samples
+responses: to the simulated labeler's held-out prompts, scored by it (the gold score), when the
+demonstrations are its task; to the held-out demonstrations' prompts otherwise, where no gold score
+exists and only the share of responses that end with <|end|> is reported. Next to --out: the log
+and its picture (.svg).
 """
 import os
 import random
@@ -44,12 +45,12 @@ class SFTConfig(LoopConfig):
                      "simulated labeler writes them", fixed=True)
     corpus: str = flag("data/sotu.txt.gz", "where the simulated labeler finds its demonstrations",
                        fixed=True)
-    n_demos: int = flag(2000, "demonstrations the labeler writes (the corpus holds ~2,030 that earn "
-                        "full marks)", ge=2, fixed=True)
+    n_demos: int = flag(2000, "demonstrations the labeler writes (the corpus holds ~2,030 that "
+                        "earn full marks)", ge=2, fixed=True)
     val_fraction: float = flag(0.05, "share of the demonstrations held out for validation",
                                gt=0, lt=1, fixed=True)
-    eval_samples: int = flag(64, "responses sampled on held-out prompts at each evaluation; 0: none",
-                             ge=0)
+    eval_samples: int = flag(64, "responses sampled on held-out prompts at each evaluation; "
+                             "0: none", ge=0)
     temperature: float = flag(0.7, "sampling temperature of those responses", gt=0)
     max_new_tokens: int = flag(64, "longest response sampled, in tokens", ge=1)
 
@@ -69,85 +70,123 @@ def collate(rows, device):
 
 @torch.no_grad()
 def sample_eval(model, tok, prompts, cfg, device, gold):
-    """The share of sampled responses that end with <|end|>, and with gold=True the mean simulated-labeler score."""
-    responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed,
-                                 device=device)
+    """The share of sampled responses that end with <|end|>, and with gold=True the mean
+    simulated-labeler score."""
+    responses = sample_responses(model, tok, prompts, cfg.max_new_tokens, cfg.temperature,
+                                 seed=cfg.seed, device=device)
     texts, ended = zip(*(response_text(tok, r) for r in responses))
-    scores = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, texts, ended)] if gold else []
-    return {**({"gold_score": sum(scores) / len(scores)} if gold else {}), "ended": sum(ended) / len(ended)}
+    metrics = {"ended": sum(ended) / len(ended)}
+    if gold:
+        scores = [labeler.score(p, t, e)[0] for p, t, e in zip(prompts, texts, ended)]
+        metrics = {"gold_score": sum(scores) / len(scores), **metrics}
+    return metrics
 
 
 def sample_panel(records):
-    """The picture's second chart: what the evaluations' samples show (gold score, share ended) per step."""
+    """The picture's second chart: what the evaluations' samples show (gold score, share ended)
+    per step."""
     evals = [r for r in records if "ended" in r]
+    names = (("gold score (labeler)", "gold_score"), ("share ended with <|end|>", "ended"))
     series = [(name, [(r["step"], r[key]) for r in evals if key in r], "line+dots")
-              for name, key in (("gold score (labeler)", "gold_score"), ("share ended with <|end|>", "ended"))]
-    return {"title": "held-out samples", "xlabel": "step", "ylabel": "score / share", "series": series}
+              for name, key in names]
+    return {"title": "held-out samples", "xlabel": "step", "ylabel": "score / share",
+            "series": series}
 
 
-def main(argv=None):
-    cfg = parse_config(SFTConfig, __doc__, argv, stage="sft")
-    rank, world, device = ddp_setup(pick_device(cfg.device))
-    ckpt = load_resume(cfg, "sft")
-    model, tok, init_ckpt = load_model(cfg.init, ("pretrain", "sft"), device)
+def demonstration_pairs(cfg):
+    """(prompt, response) pairs, shuffled with --seed: from --data, or written by the simulated
+    labeler from --corpus."""
     if cfg.data:
         pairs = load_demonstrations(cfg.data)
     else:
-        demos = labeler.demonstrations(read_corpus(cfg.corpus), cfg.n_demos, cfg.seed)
+        demos = labeler.demonstrations(read_corpus(cfg.corpus, "--corpus"), cfg.n_demos, cfg.seed)
         pairs = [(d["prompt"], d["response"]) for d in demos]
     if len(pairs) < 2:
-        fail(f"--data {cfg.data or cfg.corpus}: need at least 2 demonstrations, found {len(pairs)}")
+        fail(f"--data {cfg.data or cfg.corpus}: need at least 2 demonstrations, "
+             f"found {len(pairs)}")
     random.Random(cfg.seed).shuffle(pairs)
-    n_val = max(1, int(len(pairs) * cfg.val_fraction))
-    examples = make_examples(tok, pairs, model.config.block_size)
-    train_rows, val_rows = examples[n_val:], examples[:n_val]
-    labeler_task = all(labeler.parse_prompt(p) for p, _ in pairs)   # else no gold score exists
-    if rank == 0:
-        print(f"{len(train_rows)} training and {len(val_rows)} validation demonstrations, e.g.\n"
-              f"  {pairs[0][0]!r} -> {pairs[0][1]!r}")
+    return pairs
 
+
+def batches(train_rows, val_rows, cfg, rank, world, device):
+    """(get_batch(step, micro) -> a training batch, the validation batches). Each training batch
+    is drawn with its own seed, a pure function of (step, micro-step, rank), so a resume sees
+    the batches the uninterrupted run would have seen."""
     def get_batch(step, micro):
         g = random.Random(cfg.seed * 1_000_003 + (step * cfg.grad_accum + micro) * world + rank)
         return collate(g.choices(train_rows, k=cfg.batch_size), device)
+    val_batches = [collate(val_rows[i:i + cfg.batch_size], device)
+                   for i in range(0, len(val_rows), cfg.batch_size)]
+    return get_batch, val_batches[: cfg.eval_iters]
 
-    val_batches = [collate(val_rows[i:i + cfg.batch_size], device) for i in range(0, len(val_rows), cfg.batch_size)]
-    val_batches = val_batches[: cfg.eval_iters]
-    heldout = labeler.heldout_prompts() if labeler_task else [p for p, _ in pairs[:n_val]]
-    eval_prompts = [heldout[i % len(heldout)] for i in range(cfg.eval_samples)]
-    ctx = autocast(device.split(":")[0], cfg.precision)
 
-    def evaluate():
-        samples = sample_eval(model, tok, eval_prompts, cfg, device, labeler_task) if eval_prompts else {}
-        return {"val_loss": lm_loss(model, lambda i: val_batches[i], len(val_batches), ctx), **samples}
-
-    optimizer, step = loop_start(model, cfg, ckpt, rank)
-    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", enabled=rank == 0, resume_at=step if ckpt else None)
-
-    def save(step, metrics):
-        save_checkpoint(cfg.out, stage="sft", model=model, tokenizer=tok, step=step, args=asdict(cfg),
-                        metrics=metrics, optimizer=optimizer.state_dict())
-        svg_chart(os.path.splitext(cfg.out)[0] + ".svg",
-                  [loss_panel(log.records, "supervised fine-tuning"), sample_panel(log.records)])
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    with ctrl_c_stops() as stop:
-        metrics, stopped_at = train(wrapped, optimizer, cfg, get_batch, evaluate, save, log, step, rank, world,
-                                    ckpt["metrics"] if ckpt else None, stop)
-    ddp_cleanup()
-    if stopped_at is not None:
-        if rank == 0:
-            interrupted("train_sft.py", cfg.out, stopped_at)
-        raise SystemExit(130)
-    if rank != 0:
-        return metrics
-    first = next((r for r in log.records if "val_loss" in r), metrics)   # step 0: the --init model, SFT's baseline
-    change = lambda key, spec: f"{format(first.get(key, float('nan')), spec)} -> {format(metrics[key], spec)}"
+def final_report(first, metrics, init_stage, labeler_task, out):
+    """One line: each metric at step 0 (the --init model, SFT's baseline) -> at the end."""
+    def change(key, spec):
+        return f"{format(first.get(key, float('nan')), spec)} -> {format(metrics[key], spec)}"
     report = [f"held-out loss {change('val_loss', '.3f')}"]
     if "gold_score" in metrics:
         report.append(f"labeler score {change('gold_score', '.3f')}")
     if "ended" in metrics:
         report.append(f"responses ending with <|end|> {change('ended', '.0%')}")
-    print(f"{'; '.join(report)} (before: the {init_ckpt['stage']} model). " + ("" if labeler_task else
-          "No gold score: these demonstrations are not the simulated labeler's task. ") + f"Wrote {cfg.out}")
+    no_gold = "" if labeler_task else (
+        "No gold score: these demonstrations are not the simulated labeler's task. ")
+    print(f"{'; '.join(report)} (before: the {init_stage} model). {no_gold}Wrote {out}")
+
+
+def main(argv=None):
+    # 1. the flags, the processes (torchrun), the checkpoint a --resume continues, the --init model
+    cfg = parse_config(SFTConfig, __doc__, argv, stage="sft")
+    rank, world, device = ddp_setup(pick_device(cfg.device))
+    ckpt = load_resume(cfg, "sft")
+    model, tok, init_ckpt = load_model(cfg.init, ("pretrain", "sft"), device)
+    # 2. the demonstrations: training rows, validation rows, prompts to sample at each evaluation
+    pairs = demonstration_pairs(cfg)
+    n_val = max(1, int(len(pairs) * cfg.val_fraction))
+    examples = make_examples(tok, pairs, model.config.block_size)
+    train_rows, val_rows = examples[n_val:], examples[:n_val]
+    labeler_task = all(labeler.parse_prompt(p) for p, _ in pairs)   # else no gold score exists
+    heldout = labeler.heldout_prompts() if labeler_task else [p for p, _ in pairs[:n_val]]
+    eval_prompts = [heldout[i % len(heldout)] for i in range(cfg.eval_samples)]
+    if rank == 0:
+        print(f"{len(train_rows)} training and {len(val_rows)} validation demonstrations, e.g."
+              f"\n  {pairs[0][0]!r} -> {pairs[0][1]!r}")
+
+    # 3. what train() calls: batches, evaluation, the log, checkpoints
+    get_batch, val_batches = batches(train_rows, val_rows, cfg, rank, world, device)
+    ctx = autocast(device.split(":")[0], cfg.precision)
+
+    def evaluate():
+        loss = lm_loss(model, lambda i: val_batches[i], len(val_batches), ctx)
+        if not eval_prompts:   # --eval-samples 0
+            return {"val_loss": loss}
+        samples = sample_eval(model, tok, eval_prompts, cfg, device, labeler_task)
+        return {"val_loss": loss, **samples}
+
+    optimizer, step = loop_start(model, cfg, ckpt, rank)
+    log = Log(os.path.splitext(cfg.out)[0] + ".log.jsonl", enabled=rank == 0,
+              resume_at=step if ckpt else None)
+
+    def save(step, metrics):
+        save_checkpoint(cfg.out, stage="sft", model=model, tokenizer=tok, step=step,
+                        args=asdict(cfg), metrics=metrics, optimizer=optimizer.state_dict())
+        svg_chart(os.path.splitext(cfg.out)[0] + ".svg",
+                  [loss_panel(log.records, "supervised fine-tuning"), sample_panel(log.records)])
+
+    # 4. train; Ctrl-C stops it between two steps, saved
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    with ctrl_c_stops() as stop:
+        metrics, stopped_at = train(wrapped, optimizer, cfg, get_batch, evaluate, save, log, step,
+                                    rank, world, ckpt["metrics"] if ckpt else None, stop)
+    ddp_cleanup()
+    if stopped_at is not None:
+        if rank == 0:
+            interrupted("train_sft.py", cfg.out, stopped_at)
+        raise SystemExit(130)
+    # 5. the result, against step 0's evaluation
+    if rank == 0:
+        first = next((r for r in log.records if "val_loss" in r), metrics)
+        final_report(first, metrics, init_ckpt["stage"], labeler_task, cfg.out)
     return metrics
 
 

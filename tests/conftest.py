@@ -43,19 +43,31 @@ def make_checkpoint(path, stage, tok, seed=0, scale=1.0, **config):
     return str(path)
 
 
-def interrupt(cmd, after, cwd):
-    """Run cmd, press Ctrl-C (SIGINT) once a line of its output holds `after`: (exit status, stdout, stderr)."""
+def interrupt(cmd, after, cwd, deadline=240):
+    """Run cmd, press Ctrl-C (SIGINT) once a line of its output holds `after`: (exit status,
+    stdout, stderr). A run that never prints `after`, or does not end, is killed at `deadline`
+    seconds and the test fails there instead of hanging."""
     import signal
     import subprocess
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if after in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    out, err = proc.communicate(timeout=120)
+    import tempfile
+    import threading
+    with tempfile.TemporaryFile("w+") as err_file:   # a file: stderr can never fill a pipe
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=cwd,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        killer = threading.Timer(deadline, proc.kill)
+        killer.start()
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if after in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        out = proc.stdout.read()
+        proc.wait()
+        killer.cancel()
+        err_file.seek(0)
+        err = err_file.read()
+    assert proc.returncode != -signal.SIGKILL, f"{cmd} ran past {deadline} s: {''.join(seen)}"
     return proc.returncode, "".join(seen) + out, err
 
 

@@ -165,6 +165,11 @@ BAD = [  # (script, flags ({d}: the folder above), what the one line must say); 
     ("eval", "--samples-per-prompt 0", "--samples-per-prompt 0: must be >= 1"),
     ("eval", "--out-dir {d}/folder", "--out-dir {d}/folder: no pretrain.pt, sft.pt or ppo.pt there"),
     ("eval", "--sft {d}/text.txt", "--sft {d}/text.txt: not a checkpoint of this project"),
+    ("train_sft", "--init {d}/sft.pt --corpus {d}/missing.txt",
+     "--corpus {d}/missing.txt: no such file or folder"),
+    ("train_ppo", "--init {d}/sft.pt --reward {d}/rm.pt --max-new-tokens 16 --ptx-coef 1 "
+     "--ptx-data {d}/folder",
+     "--ptx-data {d}/folder: folder holds no .txt or .txt.gz files"),
 ]
 IN_A_SUBPROCESS = {0, 2, 11, 23, 27, 35}   # these also as `python script.py ...`: the exit status and stderr themselves
 

@@ -1,4 +1,4 @@
-"""Your own language (the README's recipe, Korean as the example): a tiny model pretrained on a few Korean
+"""Your own language (docs/LANGUAGES.md, Korean as the example): a tiny model pretrained on a few Korean
 paragraphs written for this test samples Hangul, and its tokenizer gives the corpus back byte for byte."""
 import glob
 

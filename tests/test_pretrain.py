@@ -141,3 +141,25 @@ def test_ctrl_c_saves_and_resume_needs_only_the_new_max_iters(tmp_path, corpus, 
 def test_a_run_too_short_for_its_warmup_says_so(tmp_path, corpus, capsys):
     run(tmp_path, corpus, "--max-iters", "3", "--warmup-iters", "5")
     assert "warning: --warmup-iters 5 is longer than the run (3 steps)" in capsys.readouterr().err
+
+
+def test_a_run_killed_while_writing_the_tokenizer_cache_leaves_no_file(tmp_path, corpus,
+                                                                       monkeypatch):
+    import tokenizer
+
+    def half_then_ctrl_c(self, path):   # the first bytes are on disk when Ctrl-C arrives
+        with open(path, "w") as f:
+            f.write('{"merges": [[')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tokenizer.Tokenizer, "save", half_then_ctrl_c)
+    out_dir = tmp_path / "fresh" / "out"   # does not exist yet, as in a fresh clone
+    with pytest.raises(KeyboardInterrupt):
+        train_pretrain.main(["--data", str(corpus), "--out", str(out_dir / "pretrain.pt"), *TINY,
+                             "--max-iters", "1"])
+    assert os.listdir(out_dir) == []   # no cache (whole or half) and no temp file
+    monkeypatch.undo()   # the next run trains the tokenizer again and caches it whole
+    train_pretrain.main(["--data", str(corpus), "--out", str(out_dir / "pretrain.pt"), *TINY,
+                         "--max-iters", "1"])
+    cached = [f for f in os.listdir(out_dir) if f.startswith("tokenizer-")]
+    assert len(cached) == 1
+    assert tokenizer.Tokenizer.load(str(out_dir / cached[0])).n_vocab == 300

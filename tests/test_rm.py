@@ -330,7 +330,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(tmp_path, tiny_tok):
     out = tmp_path / "rm.pt"
     flags = tiny_flags(tmp_path, sft, "--n-prompts", "20", "--batch-size", "1", "--epochs", "50")
     cmd = [sys.executable, str(ROOT / "train_rm.py"), *flags]
-    rc, stdout, stderr = interrupt(cmd, "step 10/", tmp_path)   # waits <= 120 s after the Ctrl-C
+    rc, stdout, stderr = interrupt(cmd, "step 10/", tmp_path)
     step = interrupted_at(rc, stderr, out)
     # not normalized yet: PPO refuses it, saying why
     assert "rm_gain" not in torch.load(out, weights_only=True)
