@@ -70,23 +70,24 @@ class EvalConfig:
                     "if it is there")
     ppo: str = flag("", "the final PPO policy; empty: <out-dir>/ppo.pt and the earlier rounds' "
                     "<out-dir>/round<r>/ppo.pt if they are there")
-    rm: str = flag("", "the reward model (RM column, best-of-N, RM accuracy); empty: <out-dir>/rm.pt "
-                   "if it is there")
+    rm: str = flag("", "the reward model (RM column, best-of-N, RM accuracy); empty: "
+                   "<out-dir>/rm.pt if it is there")
     corpus: str = flag("", "the corpus for perplexity and the few-shot demonstrations; empty: the "
                        "pretrain checkpoint's --data")
-    samples_per_prompt: int = flag(20, "x 9 held-out prompts = samples per row (best-of-32 draws 32 "
-                                   "times that)", ge=1)
-    temperature: float = flag(1.0, "sampling temperature: the distribution PPO optimized (and its KL "
-                              "was measured at)", gt=0)
+    samples_per_prompt: int = flag(20, "x 9 held-out prompts = samples per row (best-of-32 draws "
+                                   "32 times that)", ge=1)
+    temperature: float = flag(1.0, "sampling temperature: the distribution PPO optimized (and "
+                              "its KL was measured at)", gt=0)
     max_new_tokens: int = flag(64, "longest response, in tokens", ge=1)
-    shots: int = flag(3, "few-shot: at most this many demonstrations (fewer if the context is full)",
-                      ge=0)
+    shots: int = flag(3, "few-shot: at most this many demonstrations (fewer if the context is "
+                      "full)", ge=0)
     ppl_iters: int = flag(4, "validation batches per model for the perplexity", ge=1)
-    rm_rankings: int = flag(64, "fresh held-out rankings, of SFT's and of the final policy's samples, "
-                            "for the RM's accuracy", ge=1)
+    rm_rankings: int = flag(64, "fresh held-out rankings, of SFT's and of the final policy's "
+                            "samples, for the RM's accuracy", ge=1)
     show: int = flag(3, "prompts whose samples the report shows side by side", ge=0)
     seed: int = flag(1337, "the seed of the samples")
-    device: str = flag("auto", "auto: cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
+    device: str = flag("auto", "auto: cuda, else mps, else cpu",
+                       choices=("auto", "cpu", "cuda", "mps"))
     precision: str = flag("auto", "auto: bf16 autocast on GPUs and on CPUs with bf16, else fp32",
                           choices=("auto", "bf16", "fp32"))
 

@@ -1,8 +1,8 @@
 """Pictures of training runs: line and dot charts written as SVG, with the standard library only.
 
-Every stage draws its log next to its checkpoint (out/<stage>.svg), and eval.py draws gold and RM score
-against KL. A chart keeps the numbers it draws in its <g data-points="x,y ..."> groups, so a test (or a
-reader) can read the values back from the picture.
+Every stage draws its log next to its checkpoint (out/<stage>.svg), and eval.py draws gold and
+RM score against KL. A chart keeps the numbers it draws in its <g data-points="x,y ..."> groups,
+so a test (or a reader) can read the values back from the picture.
 """
 import math
 import pathlib
@@ -14,8 +14,8 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17
 
 
 def nice_ticks(lo, hi, n=5, integer=False):
-    """About n round values (1, 2 or 5 times a power of ten apart; integer: at least 1) from at or below
-    lo to at or above hi. Returns (ticks, step)."""
+    """About n round values (1, 2 or 5 times a power of ten apart; integer: at least 1) from at or
+    below lo to at or above hi. Returns (ticks, step)."""
     if hi - lo < 1e-12:   # a flat line: give it some room
         lo, hi = lo - (abs(lo) * 0.1 or 0.5), hi + (abs(hi) * 0.1 or 0.5)
     raw = (hi - lo) / n
@@ -31,7 +31,8 @@ def svg_chart(path, panels, width=440, height=300):
         title, xlabel, ylabel
         series:  [(name, [(x, y), ...], style)], style "line" (if left out), "dots" or "line+dots";
                  points whose y is None or not finite are skipped
-        markers: [(x, y, label)] (optional), single points drawn as black diamonds with their label."""
+        markers: [(x, y, label)] (optional), single points drawn as black diamonds with their
+                 label."""
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * width}" '
@@ -69,7 +70,8 @@ def legend(series, left, right_edge, top):
 
 
 def chart_panel(panel, x0, y0, w, h):
-    """The SVG elements of one chart whose top-left corner is (x0, y0): title, legend, axes, data."""
+    """The SVG elements of one chart whose top-left corner is (x0, y0): title, legend, axes,
+    data."""
     ok = lambda v: v is not None and math.isfinite(v)
     series = [(s[0], [(x, y) for x, y in s[1] if ok(x) and ok(y)], (*s[2:], "line")[0])
               for s in panel["series"]]
@@ -94,8 +96,10 @@ def chart_panel(panel, x0, y0, w, h):
     for x, y, text in markers:
         px, py = sx(x), sy(y)
         out.append(f'<path d="M{px:.1f},{py - 5:.1f} l5,5 l-5,5 l-5,-5 z" fill="black"/>')
-        tx, anchor = (px + 8, "start") if px < (left + right) / 2 else (px - 8, "end")   # stays inside
-        out.append(f'<text x="{tx:.1f}" y="{py - 5:.1f}" text-anchor="{anchor}">{escape(text)}</text>')
+        # the label stays inside the chart
+        tx, anchor = (px + 8, "start") if px < (left + right) / 2 else (px - 8, "end")
+        out.append(f'<text x="{tx:.1f}" y="{py - 5:.1f}" text-anchor="{anchor}">'
+                   f'{escape(text)}</text>')
     return out
 
 
@@ -104,11 +108,13 @@ def axes(panel, x_ticks, y_ticks, box, x0, y_end):
     (xt, xstep, sx), (yt, ystep, sy), (left, right, top, bottom) = x_ticks, y_ticks, box
     out = []
     for v in xt:
-        out.append(f'<line x1="{sx(v):.1f}" y1="{top}" x2="{sx(v):.1f}" y2="{bottom + 4}" stroke="#ddd"/>')
+        out.append(f'<line x1="{sx(v):.1f}" y1="{top}" x2="{sx(v):.1f}" y2="{bottom + 4}" '
+                   f'stroke="#ddd"/>')
         out.append(f'<text x="{sx(v):.1f}" y="{bottom + 16}" text-anchor="middle">'
                    f'{tick_label(v, xstep)}</text>')
     for v in yt:
-        out.append(f'<line x1="{left - 4}" y1="{sy(v):.1f}" x2="{right}" y2="{sy(v):.1f}" stroke="#ddd"/>')
+        out.append(f'<line x1="{left - 4}" y1="{sy(v):.1f}" x2="{right}" y2="{sy(v):.1f}" '
+                   f'stroke="#ddd"/>')
         out.append(f'<text x="{left - 7}" y="{sy(v) + 4:.1f}" text-anchor="end">'
                    f'{tick_label(v, ystep)}</text>')
     out.append(f'<path d="M{left},{top} V{bottom} H{right}" stroke="#333" fill="none"/>')
@@ -127,6 +133,7 @@ def data_group(name, pts, style, color, sx, sy):
         xy = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
         out.append(f'<polyline points="{xy}" fill="none" stroke="{color}" stroke-width="1.5"/>')
     if "dots" in style or len(pts) == 1:   # a line of one point is a dot
-        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>'
+                for x, y in pts]
     out.append("</g>")
     return out

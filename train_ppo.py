@@ -130,13 +130,14 @@ def update_beta(beta, kl, target, n, horizon):
 # ----------------------------------------------------------------------------- config
 @dataclass
 class PPOConfig(RunConfig):
-    init: str = flag("out/sft.pt", "the policy PPO starts from (round 1: the SFT model)", fixed=True)
+    init: str = flag("out/sft.pt", "the policy PPO starts from (round 1: the SFT model)",
+                     fixed=True)
     ref: str = flag("", "the frozen KL reference; empty: --init. Later rounds start from the last "
                     "round's policy and keep the SFT model here", fixed=True)
     reward: str = flag("out/rm.pt", "the reward model (stage rm, from train_rm.py)", fixed=True)
     out: str = "out/ppo.pt"   # help: flags.RunConfig
-    prompts: str = flag("", "prompts JSONL, {prompt} records; empty: the simulated labeler's training "
-                        "prompts", fixed=True)
+    prompts: str = flag("", "prompts JSONL, {prompt} records; empty: the simulated labeler's "
+                        "training prompts", fixed=True)
     # rollout
     batch_size: int = flag(32, "episodes (prompt, response) per iteration", ge=1)
     max_new_tokens: int = flag(64, "longest response, in tokens", ge=1)
@@ -145,15 +146,15 @@ class PPOConfig(RunConfig):
     # PPO update
     ppo_epochs: int = flag(4, "passes over each batch of episodes", ge=1)
     minibatch_size: int = flag(8, "episodes per gradient step", ge=1)
-    lr: float = flag(6e-5, "Adam (eps 1e-5), decaying linearly to 0; on the default models the first "
-                     "iteration's approx-KL is ~0.2 (clip fraction 0.4), later ones < 0.01; 3e-5 gained "
-                     "less gold", gt=0)
+    lr: float = flag(6e-5, "Adam (eps 1e-5), decaying linearly to 0; on the default models the "
+                     "first iteration's approx-KL is ~0.2 (clip fraction 0.4), later ones < 0.01; "
+                     "3e-5 gained less gold", gt=0)
     clip: float = flag(0.2, "policy ratio clip (PPO eq. 7)", gt=0)
     vf_clip: float = flag(0.2, "value clip, in (normalized) reward units", gt=0)
     vf_coef: float = flag(0.1, "weight of the value loss", ge=0)
-    critic: str = flag("rm", "the value function: rm (a separate critic initialised from the reward "
-                       "model: more gold at less KL, ~20% slower) or shared (a head on the policy's "
-                       "trunk)", choices=("rm", "shared"), fixed=True)
+    critic: str = flag("rm", "the value function: rm (a separate critic initialised from the "
+                       "reward model: more gold at less KL, ~20% slower) or shared (a head on the "
+                       "policy's trunk)", choices=("rm", "shared"), fixed=True)
     gamma: float = flag(1.0, "discount (GAE)", ge=0, le=1)
     lam: float = flag(0.95, "lambda (GAE)", ge=0, le=1)
     grad_clip: float = flag(1.0, "largest global norm of the gradient", gt=0)
@@ -162,16 +163,17 @@ class PPOConfig(RunConfig):
                        ge=0)
     kl_target: float = flag(6.0, "KL per response (nats) the adaptive controller aims at; 0: fixed "
                             "beta", ge=0)
-    kl_horizon: int = flag(1000, "the controller's horizon, in episodes (Ziegler et al.: 10000 for runs "
-                           "of 100k+ episodes; the default run has ~2000, and beta must be able to move "
-                           "within it)", ge=1)
+    kl_horizon: int = flag(1000, "the controller's horizon, in episodes (Ziegler et al.: 10000 "
+                           "for runs of 100k+ episodes; the default run has ~2000, and beta must "
+                           "be able to move within it)", ge=1)
     # PPO-ptx: + ptx_coef * LM loss on corpus batches (InstructGPT eq. 2, last term)
     ptx_coef: float = flag(0.0, "PPO-ptx: weight of the LM loss on corpus batches; 0: off", ge=0)
     ptx_data: str = flag("data/sotu.txt.gz", "PPO-ptx: the corpus (.txt/.txt.gz file or folder)")
     ptx_batch_size: int = flag(4, "PPO-ptx: corpus sequences per gradient step", ge=1)
-    # budget
+    # how long it runs
     max_iters: int = flag(100, "iterations (a rollout and its update) in all", ge=1)
-    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", ge=0)
+    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit",
+                              ge=0)
     save_interval: int = flag(10, "iterations between checkpoints (also at the end, and on Ctrl-C)",
                               ge=1)
     eval_samples: int = flag(64, "the held-out check at the end: responses per model (PPO, SFT); "

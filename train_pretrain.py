@@ -35,10 +35,12 @@ class LoopConfig(OptimizerConfig):
     batch_size: int = flag(16, "sequences per step (per process under torchrun)", ge=1)
     grad_accum: int = flag(1, "micro-batches whose gradients add up to one step", ge=1)
     max_iters: int = flag(550, "steps in all (550: about 5.5 minutes on a 2-core CPU)", ge=1)
-    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit", ge=0)
+    max_minutes: float = flag(0.0, "stop early (and save) after this many minutes; 0: no limit",
+                              ge=0)
     eval_interval: int = flag(100, "steps between evaluations", ge=1)
     eval_iters: int = flag(20, "validation batches per evaluation", ge=1)
-    save_interval: int = flag(100, "steps between checkpoints (also at the end, and on Ctrl-C)", ge=1)
+    save_interval: int = flag(100, "steps between checkpoints (also at the end, and on Ctrl-C)",
+                              ge=1)
 
 
 @dataclass
@@ -169,7 +171,8 @@ def train(model, optimizer, cfg, get_batch, evaluate, save, log, step=0, rank=0,
             dt, t_last = time.time() - t_last, time.time()
             log({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm.item()},
                 f"step {step}/{cfg.max_iters}  loss {loss.item():.4f}  lr {lr:.2e}  "
-                f"{n_tokens / dt:,.0f} tok/s  eta {eta(log.t0, step - start, cfg.max_iters - start)}")
+                f"{n_tokens / dt:,.0f} tok/s  "
+                f"eta {eta(log.t0, step - start, cfg.max_iters - start)}")
             n_tokens = 0
 
 
@@ -208,7 +211,8 @@ def check_model_flags(cfg):
 
 def split_tokens(cfg, ckpt, rank, world):
     """(tokenizer, training tokens, validation tokens): the corpus's last --val-fraction is kept
-    for validation. Under torchrun rank 0 builds the caches (prepare_tokens), the others read them."""
+    for validation. Under torchrun rank 0 builds the caches (prepare_tokens), the others read
+    them."""
     log_dir = os.path.dirname(os.path.abspath(cfg.out))
     saved_tok = bpe.Tokenizer.from_state_dict(ckpt["tokenizer"]) if ckpt else None
     if rank == 0:

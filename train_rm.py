@@ -56,25 +56,28 @@ class RMConfig(OptimizerConfig):
     init: str = flag("out/sft.pt", "the trunk the RM starts from (InstructGPT: the SFT model)",
                      fixed=True)
     out: str = "out/rm.pt"   # help: flags.RunConfig
-    policy: str = flag("", "sample the K responses from this checkpoint instead of --init", fixed=True)
+    policy: str = flag("", "sample the K responses from this checkpoint instead of --init",
+                       fixed=True)
     data: str = flag("", "rankings JSONL to train on, {prompt, responses: [best, ..., worst]} or "
-                     "{prompt, chosen, rejected}; new ones are sampled (and the simulated labeler ranks "
-                     "them) too when --policy is named or --data is empty", fixed=True)
-    k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 pairs "
-                  "per 8 forwards, K=4 only 12 per 8, at the same sampling cost", ge=2, le=9, fixed=True)
-    n_prompts: int = flag(3000, "rankings to collect: the training prompts, cycled (accuracy grows with "
-                          "them up to ~3,000)", ge=1, fixed=True)
-    eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per prompt)", ge=1)
-    val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings held out "
-                               "for the evaluation", gt=0, lt=1, fixed=True)
+                     "{prompt, chosen, rejected}; new ones are sampled (and the simulated labeler "
+                     "ranks them) too when --policy is named or --data is empty", fixed=True)
+    k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 "
+                  "pairs per 8 forwards, K=4 only 12 per 8, at the same sampling cost",
+                  ge=2, le=9, fixed=True)
+    n_prompts: int = flag(3000, "rankings to collect: the training prompts, cycled (accuracy "
+                          "grows with them up to ~3,000)", ge=1, fixed=True)
+    eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per "
+                             "prompt)", ge=1)
+    val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings "
+                               "held out for the evaluation", gt=0, lt=1, fixed=True)
     label_noise: float = flag(0.05, "std of the Gaussian noise the labeler adds to its score", ge=0,
                               fixed=True)
     temperature: float = flag(1.0, "sampling temperature of the responses", gt=0, fixed=True)
     max_new_tokens: int = flag(64, "longest response sampled, in tokens", ge=1, fixed=True)
     epochs: int = flag(1, "passes over the rankings (InstructGPT: more than one overfits)", ge=1)
     batch_size: int = flag(2, "rankings per step (K responses each)", ge=1)
-    seed: int = flag(1337, "the seed of the samples, the labeler's noise, the held-out split and the "
-                     "batches", fixed=True)
+    seed: int = flag(1337, "the seed of the samples, the labeler's noise, the held-out split and "
+                     "the batches", fixed=True)
     # the optimizer's knobs with the RM's defaults (their help and ranges: OptimizerConfig)
     lr: float = 3e-4
     warmup_iters: int = 10
