@@ -41,8 +41,9 @@ QUICK = {
     "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2",
 }
 QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains on them in a second
-ROUNDS = 1          # RLHF rounds (steps 2 and 3) by default: at the default run's length one
-                    # round gave the most gold at KL <= 10 (docs/RESULTS.md); --rounds 2 is InstructGPT's
+# RLHF rounds (steps 2 and 3) by default: at the default run's length one round gave the most
+# gold at KL <= 10 (docs/RESULTS.md); --rounds 2 is InstructGPT's loop (rank, retrain, PPO again)
+ROUNDS = 1
 RANKINGS = 3000     # rankings in all, split evenly over the rounds
 LATER_PPO = ["--max-iters", "50"]   # a later round's PPO goes on from the last policy: half as long
 
