@@ -9,43 +9,16 @@ import flags
 STAGES = {"train_pretrain": "PretrainConfig", "train_sft": "SFTConfig", "train_rm": "RMConfig", "train_ppo": "PPOConfig"}
 
 
-@pytest.mark.parametrize("script", STAGES)
-def test_help_explains_every_flag_with_its_default_range_and_choices(script, capsys):
+def test_the_stages_spell_their_shared_flags_one_way():
     import dataclasses
     import importlib
-    module = importlib.import_module(script)
-    with pytest.raises(SystemExit) as e:
-        module.main(["--help"])
-    assert e.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
-    assert module.__doc__.split("\n")[0] in text
-    cls = getattr(module, STAGES[script])
-    for f in dataclasses.fields(cls):
-        meta, name = flags.field_meta(cls, f.name), "--" + f.name.replace("_", "-")
-        assert meta.get("help"), f"{script} {name} has no help"
-        assert name in text
-        if meta.get("bounds"):
-            assert flags.bounds_text(meta["bounds"]) in text, name
-        if meta.get("choices"):
-            assert "{" + ",".join(meta["choices"]) + "}" in text, name
-    names = {f.name for f in dataclasses.fields(cls)}
-    assert {"out", "resume", "seed", "device", "precision", "lr", "batch_size", "grad_clip"} <= names   # one spelling
-    if script != "train_rm":
-        assert {"max_iters", "max_minutes", "save_interval"} <= names
-
-
-
-def test_help_of_eval_explains_every_flag(capsys):
-    import dataclasses
-    import eval as evaluation
-    with pytest.raises(SystemExit) as e:
-        evaluation.main(["--help"])
-    assert e.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(evaluation.EvalConfig):
-        meta = flags.field_meta(evaluation.EvalConfig, f.name)
-        assert meta.get("help") and f"{flags.flag_name(f.name)} " in text, f.name
-        assert meta["help"].split()[0] in text
+    for script, config in STAGES.items():
+        cls = getattr(importlib.import_module(script), config)
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert {"out", "resume", "seed", "device", "precision", "lr", "batch_size",
+                "grad_clip"} <= names, script
+        if script != "train_rm":
+            assert {"max_iters", "max_minutes", "save_interval"} <= names, script
 
 
 def test_the_docstrings_worked_example_holds(capsys):
@@ -227,10 +200,10 @@ FRONT_ENDS = {"chat": "ChatConfig", "label": "LabelConfig", "serve": "ServeConfi
               "pipeline": "PipelineConfig"}
 
 
-@pytest.mark.parametrize("script", FRONT_ENDS)
-def test_help_of_the_front_ends_explains_every_flag(script, capsys):
-    """chat, label, serve and pipeline take their flags from a config too: each one is in --help
-    with its help, its default and its range or choices."""
+@pytest.mark.parametrize("script", [*STAGES, "eval", *FRONT_ENDS])
+def test_help_explains_every_flag_with_its_default_range_and_choices(script, capsys):
+    """Every script takes its flags from a config (flags.py): each one is in --help with its
+    help, its default and its range or choices, under the script's first docstring line."""
     import dataclasses
     import importlib
     import re
@@ -240,7 +213,7 @@ def test_help_of_the_front_ends_explains_every_flag(script, capsys):
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
     assert module.__doc__.split("\n")[0] in text
-    cls = getattr(module, FRONT_ENDS[script])
+    cls = getattr(module, {**STAGES, "eval": "EvalConfig", **FRONT_ENDS}[script])
     for f in dataclasses.fields(cls):
         meta, name = flags.field_meta(cls, f.name), flags.flag_name(f.name)
         assert meta.get("help"), f"{script} {name} has no help"
