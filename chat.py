@@ -19,7 +19,7 @@ import torch
 
 from common import POLICY_STAGES, fail, load_model, pick_device
 from data import encode_prompt
-from flags import flag, parse_config
+from flags import MAX_SEED, flag, parse_config
 from web import AnswerText, fit_context
 
 
@@ -33,7 +33,7 @@ class ChatConfig:
     top_k: int = flag(0, "sample among the k likeliest tokens only; 0: all of them", ge=0)
     top_p: float = flag(1.0, "sample among the likeliest tokens holding this much of the "
                         "probability (nucleus); 1: all of them", gt=0, le=1)
-    seed: int = flag(-1, "fix the sampling with this seed; -1: a random one", ge=-1)
+    seed: int = flag(-1, "fix the sampling with this seed; -1: a random one", ge=-1, le=MAX_SEED)
     device: str = flag("auto", "auto: cuda, else mps, else cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
 

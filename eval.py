@@ -53,7 +53,7 @@ from common import (autocast, check_tokenizer, fail, load_checkpoint, load_model
                     load_reward_model, pick_device, run_script, write_atomically)
 from data import (action_logprobs, cached_tokens, encode_prompt, get_lm_batch, pad_episodes,
                   read_corpus, response_text, sample_responses)
-from flags import flag, parse_config
+from flags import MAX_SEED, flag, parse_config
 from plot import svg_chart
 from train_pretrain import lm_loss
 from train_rm import RMConfig, evaluate as rm_evaluate, sample_rankings
@@ -85,7 +85,7 @@ class EvalConfig:
     rm_rankings: int = flag(64, "fresh held-out rankings, of SFT's and of the final policy's "
                             "samples, for the RM's accuracy", ge=1)
     show: int = flag(3, "prompts whose samples the report shows side by side", ge=0)
-    seed: int = flag(1337, "the seed of the samples")
+    seed: int = flag(1337, "the seed of the samples", ge=0, le=MAX_SEED)
     device: str = flag("auto", "auto: cuda, else mps, else cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
     precision: str = flag("auto", "auto: bf16 autocast on GPUs and on CPUs with bf16, else fp32",

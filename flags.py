@@ -54,6 +54,11 @@ def in_bounds(value, bounds):
     return all(BOUNDS[kind][1](value, limit) for kind, limit in bounds.items())
 
 
+# Seeds are combined by arithmetic (pretraining's batch seed adds step * 7919) and torch takes at
+# most 64 bits: 32 leave room.
+MAX_SEED = 2**32 - 1
+
+
 @dataclasses.dataclass
 class RunConfig:
     """The flags every training stage has; a stage's config subclasses it and names its --out."""
@@ -61,7 +66,8 @@ class RunConfig:
                     "(.svg) go next to it", output=True)
     resume: bool = flag(False, "continue --out with the flags it was run with; flags given now "
                         "override them")
-    seed: int = flag(1337, "the seed of everything random (weights, batches, samples)")
+    seed: int = flag(1337, "the seed of everything random (weights, batches, samples)", ge=0,
+                     le=MAX_SEED)
     device: str = flag("auto", "auto: cuda, else mps, else cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
     precision: str = flag("auto", "auto: bf16 autocast on GPUs and on CPUs with bf16, else fp32",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import labeler
 from common import POLICY_STAGES, fail, load_model, pick_device
 from data import load_prompts, load_rankings, sample_responses
-from flags import flag, parse_config
+from flags import MAX_SEED, flag, parse_config
 from web import answer_text, PageHandler, PageServer
 
 MAX_BODY = 64 * 1024   # a submission is a few dozen bytes; anything this big is not one
@@ -46,7 +46,8 @@ class LabelConfig:
     max_new_tokens: int = flag(64, "longest response, in tokens", ge=1)
     temperature: float = flag(1.0, "sampling temperature; 0 (greedy) only with --rate", ge=0)
     top_k: int = flag(0, "sample among the k likeliest tokens only; 0: all of them", ge=0)
-    seed: int = flag(0, "the seed of the prompts' order and of the samples")
+    seed: int = flag(0, "the seed of the prompts' order and of the samples", ge=0,
+                     le=MAX_SEED)
     host: str = flag("127.0.0.1", "the address to listen on (0.0.0.0: every network)")
     port: int = flag(8000, "the port to listen on; 0 picks a free one", ge=0, le=65535)
     device: str = flag("auto", "auto: cuda, else mps, else cpu",

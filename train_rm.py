@@ -42,7 +42,7 @@ from common import (POLICY_STAGES, Log, autocast, check_tokenizer, cosine_lr, ct
                     fail, interrupted, load_resume, load_model, pick_device, run_script,
                     save_checkpoint, score_all, score_seqs, single_process, warn, warn_warmup)
 from data import encode_prompt, load_rankings, response_text, sample_responses, write_jsonl
-from flags import OptimizerConfig, flag, parse_config
+from flags import MAX_SEED, OptimizerConfig, flag, parse_config
 from plot import svg_chart
 
 
@@ -77,7 +77,7 @@ class RMConfig(OptimizerConfig):
     epochs: int = flag(1, "passes over the rankings (InstructGPT: more than one overfits)", ge=1)
     batch_size: int = flag(2, "rankings per step (K responses each)", ge=1)
     seed: int = flag(1337, "the seed of the samples, the labeler's noise, the held-out split and "
-                     "the batches", fixed=True)
+                     "the batches", ge=0, le=MAX_SEED, fixed=True)
     # the optimizer's knobs with the RM's defaults (their help and ranges: OptimizerConfig)
     lr: float = 3e-4
     warmup_iters: int = 10

@@ -138,6 +138,8 @@ BAD = [  # (script, flags ({d}: the folder above), what the one line must say); 
     ("eval", "--samples-per-prompt 0", "--samples-per-prompt 0: must be >= 1"),
     ("eval", "--out-dir {d}/folder", "--out-dir {d}/folder: no pretrain.pt, sft.pt or ppo.pt there"),
     ("eval", "--sft {d}/text.txt", "--sft {d}/text.txt: not a checkpoint of this project"),
+    ("train_pretrain", "--seed 99999999999999999999 --data {d}/missing.txt",
+     "--seed 99999999999999999999: must be in [0, 4294967295]"),
     ("train_sft", "--init {d}/sft.pt --corpus {d}/missing.txt",
      "--corpus {d}/missing.txt: no such file or folder"),
     ("train_ppo", "--init {d}/sft.pt --reward {d}/rm.pt --max-new-tokens 16 --ptx-coef 1 "
@@ -230,6 +232,7 @@ def test_help_explains_every_flag_with_its_default_range_and_choices(script, cap
 FRONT_BAD = [  # (script, flags ({d}: bad_inputs' folder), what the one line must say)
     ("chat", "--temperature -1 --ckpt {d}/missing.pt", "--temperature -1.0: must be >= 0"),
     ("chat", "--top-p 0 --ckpt {d}/missing.pt", "--top-p 0.0: must be in (0, 1]"),
+    ("chat", "--seed -2 --ckpt {d}/missing.pt", "--seed -2: must be in [-1, 4294967295]"),
     ("chat", "--ckpt {d}/missing.pt --prompt hi", "--ckpt {d}/missing.pt: no such file"),
     ("label", "--k 10 --ckpt {d}/missing.pt", "--k 10: must be in [2, 9]"),
     ("label", "--port 70000", "--port 70000: must be in [0, 65535]"),
