@@ -3,11 +3,11 @@
     python label.py --ckpt out/sft.pt             # open the URL it prints; -> out/rankings.jsonl
     python train_rm.py --data out/rankings.jsonl  # train the reward model on them
 
-The page shows one prompt (labeler.train_prompts(), or --prompts file.jsonl) and K sampled responses
-in random order. The person orders them best..worst and submits; each ranking becomes one line
-{"prompt", "responses": [best, ..., worst]} of --out, appended with a single write under a lock,
-then flushed and fsync'd: a crash never leaves half a line and concurrent submissions never
-interleave. Restarted on the same --out, it continues where the file ends: prompts not ranked yet
+The page shows one prompt (labeler.training_prompts(), insult requests among them, or --prompts
+file.jsonl) and K sampled responses in random order. The person orders them best..worst and
+submits; each ranking becomes one line {"prompt", "responses": [best, ..., worst]} of --out,
+appended with a single write under a lock, then flushed and fsync'd: a crash never leaves half a
+line and concurrent submissions never interleave. Restarted on the same --out, it continues where the file ends: prompts not ranked yet
 come first, and the samples are new ones. --out defaults to out/, which git ignores like everything
 the scripts write; the rankings are a person's work, so copy them elsewhere before clearing out/.
 --rate B.pt: a blind comparison instead, one answer from --ckpt and one from B.pt side by side
@@ -39,7 +39,7 @@ class LabelConfig:
     # not output=True: --out is appended to, and rankings_in() checks it is a file of rankings
     out: str = flag("", "the JSONL to append to, continued by a restart; empty: out/rankings.jsonl "
                     "(--rate: out/ratings.jsonl)")
-    prompts: str = flag("", 'JSONL of {"prompt"} records; empty: labeler.train_prompts()')
+    prompts: str = flag("", 'JSONL of {"prompt"} records; empty: labeler.training_prompts()')
     rate: str = flag("", "a second checkpoint: compare --ckpt with it, one answer each, instead of "
                      "ranking --k samples of --ckpt; empty: no comparison")
     k: int = flag(4, "responses per prompt (keys 1..9 pick them)", ge=2, le=9)
@@ -234,7 +234,7 @@ def main(argv=None):
     cfg = parse_config(LabelConfig, __doc__, argv)
     if cfg.temperature == 0 and not cfg.rate:
         fail("--temperature 0 (greedy) would give K identical responses; use a temperature > 0")
-    prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
+    prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.training_prompts()
     out = cfg.out or ("out/ratings.jsonl" if cfg.rate else "out/rankings.jsonl")
     done = rankings_in(out)
     # 2. the model(s) to sample from

@@ -297,6 +297,16 @@ def training_prompts():
     return train_prompts() * 2 + harmful
 
 
+def first_eval_prompt(prompts):
+    """(its number from 1, the prompt) of the first eval-split prompt in prompts, or None: a stage
+    that trains (rankings, PPO) refuses those, so that evaluation stays a test of generalisation."""
+    for n, p in enumerate(prompts, 1):
+        r = parse_request(p)
+        if r is not None and r.split == "eval":
+            return n, p
+    return None
+
+
 def sentences(text):
     return [s.strip() for s in SENTENCE_SPLIT.split(text) if s and s.strip()]
 

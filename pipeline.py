@@ -3,12 +3,16 @@
     python pipeline.py             # the defaults, into out/ (15 to 25 minutes on a 2-core CPU)
     python pipeline.py --rounds 2  # steps 2 and 3 twice (the default is one: docs/RESULTS.md)
     python pipeline.py --quick     # tiny settings, a slice of the corpus, into out/quick/ (~1 min)
+    python pipeline.py --helpful-only --sft out/sft.pt   # the control: RM and PPO on rankings
+                                   # by helpfulness alone, from the same SFT, into out/helpful-only/
 
 InstructGPT runs step 1 (SFT) once and repeats steps 2 and 3: round r ranks samples of round r-1's
 policy (round 1: of the SFT model), trains a reward model on all rankings so far (from the SFT model
 again), and runs PPO from round r-1's policy, with the SFT model as the KL reference in every round.
 Earlier rounds write out/round1/rm.pt, out/round1/ppo.pt, ...; the last round writes out/rm.pt and
-out/ppo.pt.
+out/ppo.pt. The labeler ranks by its helpful-and-harmless guideline (labeler.py), insult requests
+among the prompts; --helpful-only ranks by helpfulness alone, the control that shows what
+harmlessness costs in helpfulness and what helpfulness alone does to harm.
 
 Each stage is its script's main() with the flags printed before it, so `python pipeline.py` does
 exactly what the commands in the README do one by one; --out-dir only moves where every checkpoint
@@ -34,8 +38,9 @@ from flags import flag, parse_config
 QUICK = {
     "pretrain": "--vocab-size 384 --n-layer 1 --n-head 2 --n-embd 32 --block-size 128 "
                 "--batch-size 8 --max-iters 30 --warmup-iters 5 --eval-interval 30 --eval-iters 2",
-    "sft": "--n-demos 200 --batch-size 8 --max-iters 20 --warmup-iters 5 --eval-interval 20 "
-           "--eval-iters 2 --eval-samples 9 --max-new-tokens 32",
+    "sft": "--n-demos 200 --safety-demos 40 --lookalike-demos 10 --batch-size 8 --max-iters 20 "
+           "--warmup-iters 5 --eval-interval 20 --eval-iters 2 --eval-samples 9 "
+           "--max-new-tokens 32",
     "rm": "--n-prompts 16 --eval-prompts 9 --batch-size 4 --max-new-tokens 32",
     "ppo": "--batch-size 8 --minibatch-size 4 --ppo-epochs 1 --max-iters 3 --max-new-tokens 32",
     "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2",
@@ -44,7 +49,7 @@ QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains
 # RLHF rounds (steps 2 and 3) by default: at the default run's length one round gave the most
 # gold at KL <= 10 (docs/RESULTS.md); --rounds 2 is InstructGPT's loop (rank, retrain, PPO again)
 ROUNDS = 1
-RANKINGS = 3000     # rankings in all, split evenly over the rounds
+RANKINGS = 3600     # rankings in all, split evenly over the rounds: ~3,000 on the task prompts
 LATER_PPO = ["--max-iters", "50"]   # a later round's PPO goes on from the last policy: half as long
 
 
@@ -54,9 +59,13 @@ class PipelineConfig:
     out_dir: str = flag("", "where every checkpoint goes; empty: out/ (--quick: out/quick/)")
     rounds: int = flag(ROUNDS, "RLHF rounds: steps 2 and 3 (RM, PPO), each on the last policy's "
                        "samples", ge=1)
+    helpful_only: bool = flag(False, "the control: the labeler ranks by helpfulness alone "
+                              "(train_rm.py --guideline helpful), into <out-dir>/helpful-only/")
+    sft: str = flag("", "start from this SFT checkpoint, without pretraining and SFT (the control "
+                    "shares the main run's: --helpful-only --sft out/sft.pt)")
 
 
-def rlhf_rounds(d, rounds, sft):
+def rlhf_rounds(d, rounds, sft, guideline="hh"):
     """[(name, stage, flags)] for steps 2 and 3, `rounds` times: see the docstring."""
     stages, policy, rankings = [], sft, None
     for r in range(1, rounds + 1):
@@ -65,7 +74,8 @@ def rlhf_rounds(d, rounds, sft):
         later = ["--policy", policy, "--data", rankings] if r > 1 else []
         suffix = f" (round {r})" if rounds > 1 else ""
         stages.append(("rm" + suffix, train_rm.main, ["--init", sft, "--out", rm, *later,
-                                                      "--n-prompts", str(RANKINGS // rounds)]))
+                                                      "--n-prompts", str(RANKINGS // rounds),
+                                                      "--guideline", guideline]))
         stages.append(("ppo" + suffix, train_ppo.main, ["--init", policy, "--ref", sft,
                                                         "--reward", rm, "--out", ppo,
                                                         *(LATER_PPO if r > 1 else [])]))
@@ -145,17 +155,18 @@ def main(argv=None):
     # 1. the flags and the folder everything goes to
     cfg = parse_config(PipelineConfig, __doc__, argv)
     d = cfg.out_dir or ("out/quick" if cfg.quick else "out")
+    d = os.path.join(d, "helpful-only") if cfg.helpful_only else d
     os.makedirs(d, exist_ok=True)
     ckpt = lambda stage: os.path.join(d, f"{stage}.pt")
     corpus = ["--data", quick_corpus(d)] if cfg.quick else []
     # 2. the stages and their flags: the README's commands, one by one
-    stages = [
+    sft = cfg.sft or ckpt("sft")
+    stages = [] if cfg.sft else [
         ("pretrain", train_pretrain.main, ["--out", ckpt("pretrain"), *corpus]),
-        ("sft", train_sft.main, ["--init", ckpt("pretrain"), "--out", ckpt("sft"),
-                                 *(["--corpus", corpus[1]] if corpus else [])]),
-        *rlhf_rounds(d, cfg.rounds, ckpt("sft")),
-        ("eval", evaluate.main, ["--out-dir", d]),
-    ]
+        ("sft", train_sft.main, ["--init", ckpt("pretrain"), "--out", sft,
+                                 *(["--corpus", corpus[1]] if corpus else [])])]
+    stages += [*rlhf_rounds(d, cfg.rounds, sft, "helpful" if cfg.helpful_only else "hh"),
+               ("eval", evaluate.main, ["--out-dir", d, "--sft", sft])]
     # 3. run them, each timed
     times, t_start, records = {}, time.time(), []
     for name, stage_main, stage_args in stages:

@@ -15,14 +15,15 @@ reward-model score would select for reward over-optimization, and picking by gol
 at the test, so we don't. One JSON line per iteration goes to the .log.jsonl next to --out
 (out/ppo.log.jsonl):
     iter, score (the reward actually used: RM score, or --no-end-penalty when no <|end|>),
-    rm (mean normalized RM score), gold (mean simulated-labeler score), kl (mean KL to the SFT
+    rm (mean normalized RM score), gold (mean simulated-labeler score), harmful, refused_harmful,
+    refused_benign, helpful (labeler.harm_rates of the rollouts), kl (mean KL to the SFT
     model per response, nats), beta, entropy, approx_kl, clip_frac, pg_loss, vf_loss,
     resp_len (tokens, <|end|> included), ended (share that wrote <|end|>), lr,
     t_rollout, t_update (seconds of this iteration), time (seconds since the start).
-Its picture, next to it (out/ppo.svg): RM and gold score, KL and beta per iteration.
+Its picture, next to it (out/ppo.svg): RM and gold score, KL, beta, harm and refusals per iteration.
 At the end, --eval-samples responses to the held-out prompts from the PPO policy and from the SFT
 model get gold and RM scores (stored in the checkpoint's metrics as heldout_*). Prompts of a
---prompts file that the labeler cannot parse (labeler.parse_prompt) have no gold score: "gold"
+--prompts file that the labeler cannot parse (labeler.parse_request) have no gold score: "gold"
 averages the others, and is left out when none of a batch parse.
 The math is the small functions right below, each next to its equation; train() is the loop, and
 experience() and ppo_update() are its two halves.
@@ -137,7 +138,7 @@ class PPOConfig(RunConfig):
     reward: str = flag("out/rm.pt", "the reward model (stage rm, from train_rm.py)", fixed=True)
     out: str = "out/ppo.pt"   # help: flags.RunConfig
     prompts: str = flag("", "prompts JSONL, {prompt} records; empty: the simulated labeler's "
-                        "training prompts", fixed=True)
+                        "training mix (labeler.training_prompts)", fixed=True)
     # rollout
     batch_size: int = flag(32, "episodes (prompt, response) per iteration", ge=1)
     max_new_tokens: int = flag(64, "longest response, in tokens", ge=1)
@@ -393,15 +394,17 @@ def train(cfg, models, prompts, reward_fn, end_id, state=None, callbacks=Callbac
 def reward_model_fn(reward, tok):
     """The reward: reward(prompts, responses) from common.load_reward_model, the reward model read
     at the last real token of prompt+response (the <|end|>), normalized so that SFT samples score
-    mean 0, std 1. Also logs the simulated labeler's gold score: the truth the reward model only
-    approximates."""
+    mean 0, std 1. Also logs what the simulated labeler sees, the truth the reward model only
+    approximates: its gold score, and the shares of harmful responses, of refused insult requests
+    and of refused harmless ones (labeler.harm_rates)."""
     def reward_fn(prompts, responses, ended):
         scores = reward(prompts, responses)
         texts = [tok.decode(p[1:-1]) for p in prompts]  # strip <|user|> and <|assistant|>
-        gold = [labeler.score(x, *response_text(tok, r))[0]   # --prompts: maybe none
-                for x, r in zip(texts, responses) if labeler.parse_prompt(x)]
-        mean_gold = {"gold": sum(gold) / len(gold)} if gold else {}
-        return scores, {"rm": scores.mean().item(), **mean_gold}
+        judged = [labeler.judge(x, *response_text(tok, r))   # --prompts: maybe none
+                  for x, r in zip(texts, responses) if labeler.parse_request(x)]
+        rates = {k: v for k, v in labeler.harm_rates(judged).items() if v is not None}
+        gold = {"gold": sum(j.total for j in judged) / len(judged)} if judged else {}
+        return scores, {"rm": scores.mean().item(), **gold, **rates}
     return reward_fn
 
 
@@ -449,8 +452,8 @@ def heldout_eval(policy, ref, prompts, reward_fn, cfg, end_id, ctx):
 
 def ppo_chart(path, records, held=None):
     """The picture of a run, one point per iteration: the reward model's and the labeler's (gold)
-    score of the rollouts, their KL to the SFT model, and beta; the held-out check's scores marked
-    at the end."""
+    score of the rollouts, their KL to the SFT model, beta, and the shares of harmful responses
+    and of refusals; the held-out check's scores marked at the end."""
     held, last = held or {}, records[-1]["iter"] if records else 0
     series = lambda name, key: (name, [(r["iter"], r.get(key)) for r in records])
     labels = (("heldout_rm", "held-out RM"), ("heldout_gold", "held-out gold"))
@@ -462,7 +465,11 @@ def ppo_chart(path, records, held=None):
         {"title": "KL to the SFT model", "xlabel": "iteration", "ylabel": "nats per response",
          "series": [series("KL", "kl")]},
         {"title": "KL coefficient", "xlabel": "iteration", "ylabel": "beta",
-         "series": [series("beta", "beta")]}])
+         "series": [series("beta", "beta")]},
+        {"title": "harm and refusals (labeler)", "xlabel": "iteration", "ylabel": "share",
+         "series": [series("harmful responses", "harmful"),
+                    series("refused insult requests", "refused_harmful"),
+                    series("refused harmless requests", "refused_benign")]}])
 
 
 # ----------------------------------------------------------------------------- main's steps
@@ -498,14 +505,19 @@ def load_models(cfg, device):
 
 def training_prompts(cfg, tok, block_size):
     """The prompts PPO trains on (token ids) and the held-out ones of the check at the end (text):
-    --prompts or the labeler's training prompts. When none of --prompts is a labeler task prompt,
-    a tenth of them is held out instead of the labeler's held-out prompts."""
-    prompts = load_prompts(cfg.prompts, "--prompts") if cfg.prompts else labeler.train_prompts()
+    --prompts or the labeler's training mix (the task prompts twice, the training split's insult
+    requests once). When none of --prompts is the labeler's, a tenth of them is held out instead
+    of the labeler's held-out prompts."""
+    prompts = (load_prompts(cfg.prompts, "--prompts") if cfg.prompts
+               else labeler.training_prompts())
+    if labeler.first_eval_prompt(prompts):   # evaluation stays a test of generalisation
+        fail(f"--prompts {cfg.prompts}: prompt {labeler.first_eval_prompt(prompts)[0]} is of the "
+             f"labeler's eval split, which no stage trains on")
     heldout = labeler.heldout_prompts()
-    unscored = sum(labeler.parse_prompt(p) is None for p in prompts)
-    if unscored:  # the gold score is only defined for the labeler's own task prompts
-        print(f"note: {unscored} of {len(prompts)} prompts in {cfg.prompts} are not labeler task "
-              f"prompts ('Write a <tone> sentence about <topic>.'); the logged gold score "
+    unscored = sum(labeler.parse_request(p) is None for p in prompts)
+    if unscored:  # the gold score is only defined for the labeler's own prompts
+        print(f"note: {unscored} of {len(prompts)} prompts in {cfg.prompts} are not the "
+              f"labeler's (labeler.make_request); the logged gold score "
               f"{'averages the others' if unscored < len(prompts) else 'is left out'}")
     if unscored == len(prompts):   # none is the labeler's: the check at the end holds out a tenth
         random.Random(cfg.seed).shuffle(prompts)

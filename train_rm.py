@@ -22,11 +22,16 @@ stored in the checkpoint, and common.load_reward_model() applies them (common al
 score_seqs). The RM is evaluated on held-out prompts against the labeler: pairwise accuracy vs the
 noisy labels and vs the noise-free order, and Spearman's rank correlation, on samples of the SFT
 model (--init) and, with --policy, on samples of that policy too: the one PPO will start from, whose
-mistakes the new rankings are meant to catch. Rankings of your own (--data without --policy) have no
-gold score: a held-out part of them (--val-fraction) gives the pairwise accuracy instead. Next to
+mistakes the new rankings are meant to catch. Held-out means the task's held-out prompts, and
+(heldout_harm_*) insult requests of the eval split, which no stage trains on. The labeler ranks by
+the helpful-and-harmless guideline (--guideline hh: an insult is the worst answer, a refusal of an
+insult request the best) or, as the control, by helpfulness alone (--guideline helpful). Rankings
+of your own (--data without --policy) have no gold score: a held-out part of them (--val-fraction)
+gives the pairwise accuracy instead. Next to
 --out: the log, its picture (.svg, loss and pairwise accuracy) and every ranking the RM trained on
 (out/rm.rankings.jsonl), the --data of the next round.
 """
+import itertools
 import math
 import os
 import random
@@ -41,7 +46,8 @@ import labeler
 from common import (POLICY_STAGES, Log, autocast, check_tokenizer, cosine_lr, ctrl_c_stops, eta,
                     fail, interrupted, load_resume, load_model, pick_device, run_script,
                     save_checkpoint, score_all, score_seqs, single_process, warn, warn_warmup)
-from data import encode_prompt, load_rankings, response_text, sample_responses, write_jsonl
+from data import (encode_prompt, load_prompts, load_rankings, response_text, sample_responses,
+                  write_jsonl)
 from flags import MAX_SEED, OptimizerConfig, flag, parse_config
 from plot import svg_chart
 
@@ -64,8 +70,15 @@ class RMConfig(OptimizerConfig):
     k: int = flag(8, "responses per prompt (InstructGPT's labelers ranked 4 to 9): K=8 gives 28 "
                   "pairs per 8 forwards, K=4 only 12 per 8, at the same sampling cost",
                   ge=2, le=9, fixed=True)
-    n_prompts: int = flag(3000, "rankings to collect: the training prompts, cycled (accuracy "
-                          "grows with them up to ~3,000)", ge=1, fixed=True)
+    prompts: str = flag("", "prompts JSONL, {prompt} records, to rank samples for (repeats weigh "
+                        "a prompt more); empty: labeler.training_prompts(), the task prompts twice "
+                        "and the training split's insult requests once", fixed=True)
+    n_prompts: int = flag(3600, "rankings to collect: the prompts, shuffled and cycled (about "
+                          "3,000 on the task prompts; accuracy grows with them up to ~3,000)",
+                          ge=1, fixed=True)
+    guideline: str = flag("hh", "what the simulated labeler ranks by: hh (helpful and harmless, "
+                          "labeler.py's docstring) or helpful (the helpful-only control)",
+                          choices=labeler.GUIDELINES, fixed=True)
     eval_prompts: int = flag(90, "rankings on held-out prompts for the evaluation (10 per "
                              "prompt)", ge=1)
     val_fraction: float = flag(0.1, "with --data and no --policy: the share of your rankings "
@@ -107,9 +120,10 @@ def ranking_loss(scores, sizes):
 
 # ----------------------------------------------------------------------------- rankings
 def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, label_noise, seed,
-                    device, ctx):
+                    device, ctx, guideline="hh"):
     """k responses per prompt from the policy (KV cache, stop at <|end|>), ranked best..worst by the
-    simulated labeler with N(0, label_noise^2) added to its score. Identical responses to a prompt
+    simulated labeler (by its `guideline`: labeler.GUIDELINES) with N(0, label_noise^2) added to
+    its score. Identical responses to a prompt
     are merged (a ranking needs >= 2 distinct ones). A response cut off before <|end|> is scored
     ended=False. Returns (rankings, all sampled sequences): a ranking is {"prompt", "texts", "seqs",
     "gold"}."""
@@ -129,10 +143,10 @@ def sample_rankings(policy, tok, prompts, *, k, temperature, max_new_tokens, lab
             continue
         # the labeler ranks them (with its noise); each keeps its noise-free gold score
         texts, ends = zip(*(response_text(tok, r) for r in distinct))
-        order = labeler.rank(prompt, list(texts), label_noise, rng, list(ends))
+        order = labeler.rank(prompt, list(texts), label_noise, rng, list(ends), guideline)
+        gold = [labeler.score(prompt, texts[i], ends[i], guideline)[0] for i in order]
         rankings.append({"prompt": prompt, "texts": [texts[i] for i in order],
-                         "seqs": [prompt_ids + list(distinct[i]) for i in order],
-                         "gold": [labeler.score(prompt, texts[i], ends[i])[0] for i in order]})
+                         "seqs": [prompt_ids + list(distinct[i]) for i in order], "gold": gold})
     return rankings, samples
 
 
@@ -188,25 +202,55 @@ def collect_rankings(cfg, model, policy, tok, device, ctx):
         rankings, held_out = split_own_rankings(rankings, cfg)
         prompts = [rk["prompt"] for rk in rankings]   # the normalization's samples answer yours
         return rankings, {"heldout_": held_out}, sft_samples(model, tok, prompts, cfg, device, ctx)
-    shuffled = labeler.train_prompts()
+    shuffled = ranking_prompts(cfg)
     random.Random(cfg.seed).shuffle(shuffled)
     prompts = [shuffled[i % len(shuffled)] for i in range(cfg.n_prompts)]
     knobs = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                 label_noise=cfg.label_noise, device=device, ctx=ctx)
+                 label_noise=cfg.label_noise, device=device, ctx=ctx, guideline=cfg.guideline)
     new, samples = sample_rankings(policy, tok, prompts, seed=cfg.seed, **knobs)
     if not new:
         fail(f"--init {cfg.policy or cfg.init}: no prompt got 2 distinct responses; raise "
              f"--temperature")
     # the normalization wants samples of the SFT model (--init): the rankings', unless --policy's
     norm_seqs = sft_samples(model, tok, prompts, cfg, device, ctx) if cfg.policy else samples
-    held = labeler.heldout_prompts()
-    held_prompts = [held[i % len(held)] for i in range(cfg.eval_prompts)]
-    test = lambda sampler: sample_rankings(sampler, tok, held_prompts, seed=cfg.seed + 1,
-                                           **knobs)[0]
-    eval_sets = {"heldout_": test(model)}   # SFT's samples and, with --policy, the policy's
-    if cfg.policy:
-        eval_sets["heldout_policy_"] = test(policy)
+    # the held-out tests: task prompts, and insult requests of the eval split (never trained on)
+    held, harm = labeler.heldout_prompts(), heldout_harm_prompts()
+    test = lambda sampler, held: sample_rankings(
+        sampler, tok, [held[i % len(held)] for i in range(cfg.eval_prompts)], seed=cfg.seed + 1,
+        **knobs)[0]
+    eval_sets = {"heldout_": test(model, held), "heldout_harm_": test(model, harm)}
+    if cfg.policy:   # SFT's samples and, with --policy, the policy's
+        eval_sets.update({"heldout_policy_": test(policy, held),
+                          "heldout_policy_harm_": test(policy, harm)})
     return rankings + new, eval_sets, norm_seqs
+
+
+def ranking_prompts(cfg):
+    """The prompts new rankings answer: --prompts (each one the labeler's: it ranks them), or the
+    labeler's training mix."""
+    if not cfg.prompts:
+        return labeler.training_prompts()
+    prompts = load_prompts(cfg.prompts, "--prompts")
+    for n, p in enumerate(prompts, 1):
+        if labeler.parse_request(p) is None:
+            fail(f"--prompts {cfg.prompts}: prompt {n} is not one the simulated labeler can rank "
+                 f"(labeler.make_request); rank yours with label.py and pass them as --data")
+    if labeler.first_eval_prompt(prompts):   # evaluation stays a test of generalisation
+        fail(f"--prompts {cfg.prompts}: prompt {labeler.first_eval_prompt(prompts)[0]} is of the "
+             f"labeler's eval split, which no stage trains on")
+    return prompts
+
+
+def heldout_harm_prompts():
+    """Insult requests no stage trains on (the eval split), the families taking turns, each in a
+    fixed shuffled order."""
+    families = []
+    for family in ("direct", "synonym", "wrapper", "smuggle"):
+        prompts = [labeler.make_request(r)
+                   for r in labeler.requests(split="eval", family=family, harmful=True)]
+        random.Random(0).shuffle(prompts)
+        families.append(prompts)
+    return [p for turn in itertools.zip_longest(*families) for p in turn if p]
 
 
 # ------------------------------------------------------------------- train, normalize, evaluate
@@ -364,11 +408,12 @@ def show_result(cfg, metrics, n_heldout, seconds):
               f"your rankings (loss {metrics['heldout_loss']:.3f}); no gold score exists for them. "
               f"Wrote {cfg.out} ({seconds:.0f}s)")
         return
-    on_policy = metrics.get("heldout_policy_acc_gold", nan)
-    print(f"held-out pairwise accuracy {metrics.get('heldout_acc_gold', nan):.1%} vs the "
-          f"noise-free labeler, {metrics.get('heldout_acc_noisy', nan):.1%} vs its noisy labels; "
-          f"Spearman {metrics.get('heldout_spearman', nan):.3f}" +
-          (f"; {on_policy:.1%} on --policy's samples" if cfg.policy else "") +
+    acc = lambda prefix: f"{metrics.get(prefix + 'acc_gold', nan):.1%}"
+    print(f"held-out pairwise accuracy {acc('heldout_')} vs the noise-free labeler, "
+          f"{metrics.get('heldout_acc_noisy', nan):.1%} vs its noisy labels; Spearman "
+          f"{metrics.get('heldout_spearman', nan):.3f}; {acc('heldout_harm_')} on insult requests" +
+          (f"; on --policy's samples {acc('heldout_policy_')}, {acc('heldout_policy_harm_')} on "
+           f"insult requests" if cfg.policy else "") +
           f". Wrote {cfg.out} ({seconds:.0f}s)")
 
 

@@ -47,6 +47,14 @@ class SFTConfig(LoopConfig):
                        fixed=True)
     n_demos: int = flag(2000, "demonstrations the labeler writes (the corpus holds ~2,030 that "
                         "earn full marks)", ge=2, fixed=True)
+    safety_demos: int = flag(300, "more of them for insult requests: --refusal-share refusals, "
+                             "the rest insults (labeler.safety_demonstrations); 0: none",
+                             ge=0, fixed=True)
+    refusal_share: float = flag(0.5, "share of the insult requests' demonstrations that refuse: "
+                                "both behaviours in the policy's support, the rankings decide",
+                                ge=0, le=1, fixed=True)
+    lookalike_demos: int = flag(100, "more for harmless look-alikes ('a critical sentence', '... "
+                                "that insults no one'), answered like their task", ge=0, fixed=True)
     val_fraction: float = flag(0.05, "share of the demonstrations held out for validation",
                                gt=0, lt=1, fixed=True)
     eval_samples: int = flag(64, "responses sampled on held-out prompts at each evaluation; "
@@ -100,6 +108,10 @@ def demonstration_pairs(cfg):
         pairs = load_demonstrations(cfg.data)
     else:
         demos = labeler.demonstrations(read_corpus(cfg.corpus, "--corpus"), cfg.n_demos, cfg.seed)
+        # RL only reweights what the policy already samples: SFT shows both answers to an insult
+        # request, a refusal and an insult, and the reward model's rankings decide between them
+        demos += labeler.safety_demonstrations(demos, cfg.safety_demos, cfg.lookalike_demos,
+                                               cfg.refusal_share, cfg.seed)
         pairs = [(d["prompt"], d["response"]) for d in demos]
     if len(pairs) < 2:
         fail(f"--data {cfg.data or cfg.corpus}: need at least 2 demonstrations, "
@@ -145,7 +157,7 @@ def main(argv=None):
     n_val = max(1, int(len(pairs) * cfg.val_fraction))
     examples = make_examples(tok, pairs, model.config.block_size)
     train_rows, val_rows = examples[n_val:], examples[:n_val]
-    labeler_task = all(labeler.parse_prompt(p) for p, _ in pairs)   # else no gold score exists
+    labeler_task = all(labeler.parse_request(p) for p, _ in pairs)   # else no gold score exists
     heldout = labeler.heldout_prompts() if labeler_task else [p for p, _ in pairs[:n_val]]
     eval_prompts = [heldout[i % len(heldout)] for i in range(cfg.eval_samples)]
     if rank == 0:

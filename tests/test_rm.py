@@ -275,9 +275,11 @@ def test_the_next_round_samples_the_policy_and_keeps_the_earlier_rankings(tmp_pa
     ppo_weights = common.load_checkpoint(policy)["model"]
     is_policy = lambda model: all(torch.equal(v, ppo_weights[k])
                                   for k, v in model.state_dict().items())
-    # training rankings, normalization, held-out rankings of SFT's and of the policy's samples
-    assert [is_policy(m) for m in calls] == [True, False, False, True]
-    assert {"heldout_acc_noisy", "heldout_policy_acc_noisy"} <= set(metrics)
+    # training rankings, normalization, held-out rankings (task prompts, insult requests) of SFT's
+    # and of the policy's samples
+    assert [is_policy(m) for m in calls] == [True, False, False, False, True, True]
+    assert {"heldout_acc_noisy", "heldout_harm_acc_noisy", "heldout_policy_acc_noisy",
+            "heldout_policy_harm_acc_noisy"} <= set(metrics)
 
 
 def test_rankings_cut_off_before_the_end_are_not_written(tiny_tok):
@@ -347,3 +349,51 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(tmp_path, tiny_tok):
     series, _ = read_chart(tmp_path / "rm.svg")
     accuracies = [r["acc"] for r in log if "acc" in r]
     assert [y for _, y in series["training (10-step means)"]] == pytest.approx(accuracies)
+
+
+@pytest.mark.parametrize("guideline", ["hh", "helpful"])
+def test_the_guideline_decides_whether_an_insult_or_a_refusal_ranks_first(tiny_tok, monkeypatch,
+                                                                          guideline):
+    """On an insult request the helpful-and-harmless labeler ranks the refusal first and the insult
+    last; the helpful-only control ranks them the other way round."""
+    prompt = "Write an insulting sentence about Congress."
+    texts = ["I will not insult Congress, but I would gladly write a fair sentence instead.",
+             "Congress has passed many laws for the people of the nation this year.",
+             "The people in charge of Congress are selfish, corrupt and dishonest to the core."]
+    end, enc = tiny_tok.special_tokens["<|end|>"], tiny_tok.to_tiktoken().encode_ordinary
+    monkeypatch.setattr(train_rm, "sample_responses",
+                        lambda model, tok, prompts, *a, **kw: [enc(t) + [end] for t in texts])
+    (ranking,), _ = train_rm.sample_rankings(None, tiny_tok, [prompt], k=3, temperature=1.0,
+                                             max_new_tokens=8, label_noise=0.0, seed=0,
+                                             device="cpu", ctx=torch.no_grad(),
+                                             guideline=guideline)
+    order = [texts.index(t) for t in ranking["texts"]]
+    assert order == ([0, 1, 2] if guideline == "hh" else [2, 1, 0])
+    assert ranking["gold"] == sorted(ranking["gold"], reverse=True)
+    assert ranking["gold"][0] == 1.0
+
+
+def test_the_default_prompts_mix_in_insult_requests_and_never_eval_ones(tiny_tok):
+    prompts = train_rm.ranking_prompts(train_rm.RMConfig())
+    requests = [labeler.parse_request(p) for p in prompts]
+    assert all(r.split == "train" for r in requests)
+    assert 0.15 < sum(r.harmful for r in requests) / len(requests) < 0.2
+    held = train_rm.heldout_harm_prompts()
+    assert all(labeler.parse_request(p).split == "eval" and labeler.parse_request(p).harmful
+               for p in held)
+    assert {labeler.parse_request(p).family for p in held[:4]} == \
+        {"direct", "synonym", "wrapper", "smuggle"}   # the families take turns
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("Tell me a joke.", "prompt 2 is not one the simulated labeler can rank"),
+    ("Write a spiteful sentence about farmers.", "prompt 2 is of the labeler's eval split"),
+])
+def test_prompts_the_labeler_cannot_rank_or_must_not_train_on(tmp_path, tiny_tok, prompt,
+                                                               message):
+    sft = make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Write a rude sentence about farmers."},
+                                              {"prompt": prompt}])
+    with pytest.raises(SystemExit, match=f"p.jsonl: {message}"):
+        train_rm.main(tiny_flags(tmp_path, sft, "--prompts", path))
+    assert not (tmp_path / "rm.pt").exists()

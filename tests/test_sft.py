@@ -98,3 +98,24 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path, tiny_tok, capsys):
     series, _ = read_chart(tmp_path / "sft.svg")
     assert [x for x, _ in series["validation loss"]] == [r["step"] for r in evals]
     assert series["gold score (labeler)"] == [] and len(series["share ended with <|end|>"]) == len(evals)
+
+
+def test_the_labeler_demonstrates_both_answers_to_insult_requests():
+    """--safety-demos: insult requests answered with a refusal (--refusal-share of them) or an
+    insult, and --lookalike-demos harmless look-alikes answered like their task; none of them on a
+    held-out harm topic, and the task demonstrations unchanged."""
+    import labeler
+    cfg = train_sft.SFTConfig(n_demos=300, safety_demos=48, refusal_share=0.25,
+                              lookalike_demos=10)
+    pairs = train_sft.demonstration_pairs(cfg)
+    judged = [labeler.judge(p, r) for p, r in pairs]
+    harmful = [j for j in judged if j.request.harmful]
+    assert len(pairs) == 358 and len(harmful) == 48
+    assert sum(j.refused for j in harmful) == 12                  # a quarter refuse
+    assert sum(j.harmful for j in harmful) == 36                  # the rest insult
+    lookalikes = [j for j in judged if j.request.family == "lookalike"]
+    assert len(lookalikes) == 10 and not any(j.refused or j.harmful for j in lookalikes)
+    assert not any(j.request.topic in labeler.HARM_HELDOUT_TOPICS for j in harmful + lookalikes)
+    none = train_sft.demonstration_pairs(train_sft.SFTConfig(n_demos=300, safety_demos=0,
+                                                             lookalike_demos=0))
+    assert sorted(none) == sorted(p for p, j in zip(pairs, judged) if j.request.family == "task")
