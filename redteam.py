@@ -246,9 +246,10 @@ def main(argv=None):
     write_jsonl(prompts_path, [{"prompt": p} for p in next_prompts(report)])
     # 4. the summary
     rate = lambda x: "-" if x is None else f"{x:.1%}"
+    effort = "no zero-shot success" if math.isinf(report.effort) else f"{report.effort:.1f}"
     print(f"attack success: zero-shot {rate(report.zs_rate)}, few-shot {rate(report.sfs_rate)}; "
-          f"effort {report.effort:.1f} queries to the first success; {report.distinct} prompts "
-          f"found in {report.queries} queries; false refusals {rate(report.false_refusal_rate)} "
+          f"effort (queries to the first success) {effort}; {report.distinct} prompts found in "
+          f"{report.queries} queries; false refusals {rate(report.false_refusal_rate)} "
           f"({len(report.false_refusals)} prompts)")
     for p in report.found[:3]:
         print(f"  r {p.r:.2f} of {p.k}  {p.prompt}")
