@@ -202,7 +202,7 @@ FRONT_ENDS = {"chat": "ChatConfig", "label": "LabelConfig", "serve": "ServeConfi
               "pipeline": "PipelineConfig"}
 
 
-@pytest.mark.parametrize("script", [*STAGES, "eval", *FRONT_ENDS])
+@pytest.mark.parametrize("script", [*STAGES, "redteam", "eval", *FRONT_ENDS])
 def test_help_explains_every_flag_with_its_default_range_and_choices(script, capsys):
     """Every script takes its flags from a config (flags.py): each one is in --help with its
     help, its default and its range or choices, under the script's first docstring line."""
@@ -215,7 +215,8 @@ def test_help_explains_every_flag_with_its_default_range_and_choices(script, cap
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
     assert module.__doc__.split("\n")[0] in text
-    cls = getattr(module, {**STAGES, "eval": "EvalConfig", **FRONT_ENDS}[script])
+    cls = getattr(module, {**STAGES, "redteam": "RedTeamConfig", "eval": "EvalConfig",
+                           **FRONT_ENDS}[script])
     for f in dataclasses.fields(cls):
         meta, name = flags.field_meta(cls, f.name), flags.flag_name(f.name)
         assert meta.get("help"), f"{script} {name} has no help"
