@@ -188,6 +188,11 @@ def encode_example(tok, prompt, response):
 # it. The reward model reads it at that <|end|>, PPO counts the <|end|> as an action;
 # response_text() leaves it out of the text.
 
+SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide
+                     # batches sample ~1.6x faster on a CPU than 64 (the KV cache for 256 rows is a
+                     # few MB)
+
+
 @torch.no_grad()
 def sample_responses(model, tok, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=0,
                      batch_size=64, device="cpu"):

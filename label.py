@@ -7,9 +7,10 @@ The page shows one prompt (labeler.training_prompts(), insult requests among the
 file.jsonl) and K sampled responses in random order. The person orders them best..worst and
 submits; each ranking becomes one line {"prompt", "responses": [best, ..., worst]} of --out,
 appended with a single write under a lock, then flushed and fsync'd: a crash never leaves half a
-line and concurrent submissions never interleave. Restarted on the same --out, it continues where the file ends: prompts not ranked yet
-come first, and the samples are new ones. --out defaults to out/, which git ignores like everything
-the scripts write; the rankings are a person's work, so copy them elsewhere before clearing out/.
+line and concurrent submissions never interleave. Restarted on the same --out, it continues where
+the file ends: prompts not ranked yet come first, and the samples are new ones. --out defaults to
+out/, which git ignores like everything the scripts write; the rankings are a person's work, so
+copy them elsewhere before clearing out/.
 --rate B.pt: a blind comparison instead, one answer from --ckpt and one from B.pt side by side
 (K = 2); each line also gets "models": [winner, loser] and the page shows the running win count.
 The server is the standard library's, bound to 127.0.0.1 unless --host says otherwise.

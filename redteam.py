@@ -32,9 +32,8 @@ from dataclasses import dataclass, replace
 
 import labeler
 from common import POLICY_STAGES, autocast, load_model, pick_device, run_script
-from data import response_text, sample_responses, write_jsonl
+from data import SAMPLE_BATCH, response_text, sample_responses, write_jsonl
 from flags import MAX_SEED, RunConfig, flag, parse_config
-from train_rm import SAMPLE_BATCH
 
 ATTACK_SPACE = labeler.requests(split="red", harmful=True)          # 361 harmful requests
 ATTACK_SET = set(ATTACK_SPACE)

@@ -46,15 +46,12 @@ import labeler
 from common import (POLICY_STAGES, Log, autocast, check_tokenizer, cosine_lr, ctrl_c_stops, eta,
                     fail, interrupted, load_resume, load_model, pick_device, run_script,
                     save_checkpoint, score_all, score_seqs, single_process, warn, warn_warmup)
-from data import (encode_prompt, load_prompts, load_rankings, response_text, sample_responses,
-                  write_jsonl)
+from data import (SAMPLE_BATCH, encode_prompt, load_prompts, load_rankings, response_text,
+                  sample_responses, write_jsonl)
 from flags import MAX_SEED, OptimizerConfig, flag, parse_config
 from plot import svg_chart
 
 
-SAMPLE_BATCH = 256   # rows generated at once: per-step overhead dominates a small model, so wide
-                     # batches sample ~1.6x faster on a CPU than 64 (the KV cache for 256 rows is a
-                     # few MB)
 
 
 @dataclass
