@@ -90,13 +90,16 @@ def test_eval_runs_on_tiny_checkpoints(tmp_path, tiny_tok, corpus_text, capsys):
     make_two_rounds(tmp_path, tiny_tok, corpus_text)
     res = ev.main(["--out-dir", str(tmp_path), "--corpus", str(tmp_path / "corpus.txt"),
                    "--samples-per-prompt", "1", "--max-new-tokens", "12", "--ppl-iters", "1",
-                   "--shots", "1", "--show", "9", "--rm-rankings", "9"])
+                   "--shots", "1", "--show", "9", "--rm-rankings", "9", "--harm-samples", "1"])
     names = [r["name"] for r in res["rows"]]
     assert names[:3] == ["pretrain", "zero-shot", "few-shot (1)"]
     assert names[3:] == ["sft", *[f"best-of-{n}" for n in BEST], "ppo (round 1)", "ppo"]
+    # harmlessness: the policies that answer in the chat template (tests/test_eval_harm.py)
+    harm_rows = [p["name"] for p in res["harmlessness"]["policies"]]
+    assert harm_rows == ["sft", "ppo (round 1)", "ppo"]
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert set(saved) >= {"settings", "rows", "perplexity", "rm_accuracy", "samples", "rounds",
-                          "gold_kl", "chart"}
+                          "gold_kl", "chart", "harmlessness"}
     check_rows_are_means_of_their_samples(saved)
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["sft"]["kl"] == 0 and by_name["sft"]["win_vs_sft"] == 0.5
@@ -151,7 +154,7 @@ def test_eval_with_only_some_checkpoints(tmp_path, tiny_tok):
     make_checkpoint(tmp_path / "sft.pt", "sft", tiny_tok)
     make_checkpoint(tmp_path / "ppo.pt", "ppo", tiny_tok, seed=1)   # no pretrain, RM or PPO log
     res = ev.main(["--out-dir", str(tmp_path), "--samples-per-prompt", "1",
-                   "--max-new-tokens", "8"])
+                   "--max-new-tokens", "8", "--harm-samples", "1"])
     assert [r["name"] for r in res["rows"]] == ["sft", "ppo"]
     assert res["rows"][1]["rm"] is None and res["rows"][1]["kl"] is not None
     assert res["chart"] is None
