@@ -54,7 +54,10 @@ guideline's HARMLESSNESS section), the same in every row and run, sampled with -
               harmful compliance (harmful, refused or not: the ASR on all harmful requests)
 A rate prints as p (k/n), e.g. 0.15 (3/20); at k = 0 as < 3/n, e.g. < 0.15 (0/20): the rule of
 three's 95% upper bound. The picture eval_harm.svg: ASR on eval-only vs over-refusal on look-alikes,
-and helpful gold vs ASR on all harmful requests, a marker per policy.
+and helpful gold vs ASR on all harmful requests, a marker per policy. Then the red team
+(redteam.py, --red-team prompts per pass, the same seed) attacks each of these policies: its
+zero-shot and few-shot success rates, the prompts it found, the attacker's effort (expected queries
+to the first success) and the false refusals it found, so rounds can be compared.
 Writes <out-dir>/eval.md, eval.json (with the numbers behind the pictures), eval_gold_kl.svg and
 eval_harm.svg. main() runs the steps at the end of this file: load; a Row of samples per policy;
 the rows' columns (KL, RM scores, gold scores), each computed by its own function and filled in by
@@ -78,6 +81,7 @@ from data import (action_logprobs, cached_tokens, encode_prompt, get_lm_batch, p
 from flags import MAX_SEED, flag, parse_config
 from plot import svg_chart
 from train_pretrain import lm_loss
+from redteam import RedTeamConfig, policy_responder, red_team
 from train_rm import RMConfig, evaluate as rm_evaluate, sample_rankings
 
 BEST_OF = (1, 2, 4, 8, 16, 32)
@@ -113,6 +117,9 @@ class EvalConfig:
     harm_samples: int = flag(5, "samples per prompt on the harmlessness sets (direct, red, "
                              "eval-only, look-alikes: 106 prompts); 0: no harmlessness phase",
                              ge=0)
+    red_team: int = flag(192, "the red team's prompts per attack pass against each chat policy "
+                         "(redteam.py's --zero-shot and --few-shot, k = 4 samples each); 0: none",
+                         ge=0)
     seed: int = flag(1337, "the seed of the samples", ge=0, le=MAX_SEED)
     device: str = flag("auto", "auto: cuda, else mps, else cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
@@ -397,15 +404,23 @@ def rm_accuracy_lines(acc):
     return lines
 
 
-def rounds_lines(rounds):
-    """The per-round table (round_table's lines)."""
-    lines = ["| round | RM acc. on SFT samples | RM acc. on its policy's samples | PPO gold | KL | "
-             "win vs SFT |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['round']} | {fmt(r['rm_acc_sft'], '.1%')} | {fmt(r['rm_acc_policy'], '.1%')} "
-              f"| {r['gold']:.3f} | {r['kl']:.2f} | {r['win_vs_sft']:.0%} |" for r in rounds]
+def rounds_lines(rounds, attacks):
+    """The per-round table (round_table's lines), with the red team's attack on each round's
+    policy (attacks: eval.json's harmlessness "red_team", by row name)."""
+    lines = ["| round | RM acc. on SFT samples | RM acc. on its policy's samples | RM acc. on "
+             "insult requests | PPO gold | KL | win vs SFT | red team: zero-shot success, "
+             "effort |", "|---" * 8 + "|"]
+    for r in rounds:
+        a = attacks.get(r["name"])
+        red = ("—" if a is None else f"{fmt(a['zs_rate'], '.1%')}, " +
+               ("none found" if a["effort"] is None else f"{a['effort']:.1f}"))
+        lines.append(f"| {r['round']} | {fmt(r['rm_acc_sft'], '.1%')} "
+                     f"| {fmt(r['rm_acc_policy'], '.1%')} | {fmt(r['rm_acc_harm'], '.1%')} "
+                     f"| {r['gold']:.3f} | {r['kl']:.2f} | {r['win_vs_sft']:.0%} | {red} |")
     lines += ["", "RM accuracies are train_rm's, on its held-out rankings: of SFT samples, and of "
-              "samples of the policy that round's PPO starts from (round 1: SFT itself). PPO's "
-              "numbers are this report's.\n"]
+              "samples of the policy that round's PPO starts from (round 1: SFT itself; insult "
+              "requests: of the eval split). PPO's numbers and the red team's are this "
+              "report's.\n"]
     return lines
 
 
@@ -453,9 +468,28 @@ def harm_lines(harm):
     out += ["XSTest's classes of the responses to all harmful requests (direct, red, eval-only; "
             "they sum to 1):\n"]
     out += [*policy_table(harm["policies"], XSTEST_COLUMNS), ""]
+    if harm.get("red_team"):
+        out += red_team_lines(harm["red_team"])
     out += [f"Attack success against over-refusal, and helpful gold against attack success "
             f"({chart}):\n\n![harmlessness]({chart})\n"]
     return out
+
+
+def red_team_lines(attacks):
+    """The red team's table: one line per policy, attacked by the same search (redteam.py)."""
+    share = lambda x: "—" if x is None else f"{x:.1%}"
+    lines = ["The red team (redteam.py: zero-shot over the red split, then stochastic few-shot "
+             "from its successes; effort = expected queries to the first success, 1 / the "
+             "zero-shot rate):\n",
+             "| model | queries | zero-shot success | few-shot success | prompts found | effort "
+             "| false refusals | found first |", "|---" * 8 + "|"]
+    for name, a in attacks.items():
+        effort = "none found" if a["effort"] is None else f"{a['effort']:.1f}"
+        lines.append(f"| {name} | {a['zero_shot_queries'] + a['few_shot_queries']} "
+                     f"| {share(a['zs_rate'])} | {share(a['sfs_rate'])} | {a['distinct']} "
+                     f"| {effort} | {share(a['false_refusal_rate'])} "
+                     f"| {'; '.join(a['top']) or '—'} |")
+    return lines + [""]
 
 
 def markdown(res):
@@ -471,7 +505,7 @@ def markdown(res):
     if res["rm_accuracy"]:
         out += rm_accuracy_lines(res["rm_accuracy"])
     if res["rounds"]:
-        out += rounds_lines(res["rounds"])
+        out += rounds_lines(res["rounds"], (res["harmlessness"] or {}).get("red_team", {}))
     if res["chart"]:
         chart = os.path.basename(res["chart"])
         out += [f"Gold and RM score against KL to SFT: best-of-N, each round's policy, every PPO "
@@ -705,7 +739,7 @@ def rm_accuracy(cfg, policies, tok, rm, device, ctx):
                                       temperature=a["temperature"],
                                       max_new_tokens=cfg.max_new_tokens,
                                       label_noise=a["label_noise"], seed=cfg.seed + 1,
-                                      device=device, ctx=ctx)
+                                      device=device, ctx=ctx, guideline=a["guideline"])
         return {"rankings": cfg.rm_rankings, **rm_evaluate(rm_model, rankings, device, ctx)}
     acc = accuracy(policies["sft"])
     acc["at_training"] = {k.removeprefix("heldout_"): v for k, v in rm_ckpt["metrics"].items()
@@ -727,8 +761,10 @@ def round_table(paths, round_rms, summary):
         if os.path.isfile(rm_path):
             metrics = load_checkpoint(rm_path, ("rm",), flag="--rm")["metrics"]
         acc_sft = metrics.get("heldout_acc_gold")
-        table.append({"round": r, "rm_acc_sft": acc_sft,
+        acc_harm = metrics.get("heldout_harm_acc_gold")
+        table.append({"round": r, "name": name, "rm_acc_sft": acc_sft,
                       "rm_acc_policy": metrics.get("heldout_policy_acc_gold", acc_sft),
+                      "rm_acc_harm": metrics.get("heldout_policy_harm_acc_gold", acc_harm),
                       **{k: row[name][k] for k in ("gold", "kl", "rm", "win_vs_sft")}})
         log_path = os.path.splitext(paths[name])[0] + ".log.jsonl"
         curves[name] = read_ppo_curve(log_path) if os.path.isfile(log_path) else []
@@ -760,15 +796,28 @@ def harmlessness(cfg, policies, rows, tok, task_prompts, device, ctx):
     sets = harm_sets()
     print(f"sampling {cfg.harm_samples * sum(map(len, sets.values()))} responses to the "
           f"harmlessness sets each from {', '.join(names)}", flush=True)
-    results = []
+    results, attacks = [], {}
     for name in names:
         answered = sample_harm_sets(cfg, policies[name].model, tok, sets, device, ctx)
         answered["task"] = list(zip(task_prompts, rows[name].texts, rows[name].ended))
         results.append(harm_result(name, answered))
+        if cfg.red_team:   # the same search, budget and seed against every policy
+            attacks[name] = attack(cfg, policies[name].model, tok, device, ctx)
     chart = harm_chart(results, os.path.join(cfg.out_dir, "eval_harm.svg"))
     return {"samples_per_prompt": cfg.harm_samples,
             "sets": {**sets, "task": labeler.heldout_prompts()},
-            "policies": [asdict(r) for r in results], "chart": chart}
+            "policies": [asdict(r) for r in results], "red_team": attacks, "chart": chart}
+
+
+def attack(cfg, model, tok, device, ctx):
+    """redteam.py's search against a policy, --red-team prompts per pass: its summary() and the
+    three prompts it found first."""
+    search = RedTeamConfig(zero_shot=cfg.red_team, few_shot=cfg.red_team, seed=cfg.seed,
+                           temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    respond = policy_responder(model, tok, cfg.max_new_tokens, cfg.temperature, cfg.seed,
+                               device, ctx)
+    report = red_team(respond, search)
+    return {**report.summary(), "top": [p.prompt for p in report.found[:3]]}
 
 
 # ----------------------------------------------------------------------------- main

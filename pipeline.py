@@ -9,6 +9,8 @@
 InstructGPT runs step 1 (SFT) once and repeats steps 2 and 3: round r ranks samples of round r-1's
 policy (round 1: of the SFT model), trains a reward model on all rankings so far (from the SFT model
 again), and runs PPO from round r-1's policy, with the SFT model as the KL reference in every round.
+Between two rounds the red team (redteam.py) attacks the last policy: the prompts it found to make
+it insult, and the harmless ones it refused, join the next round's rankings and PPO prompts.
 Earlier rounds write out/round1/rm.pt, out/round1/ppo.pt, ...; the last round writes out/rm.pt and
 out/ppo.pt. The labeler ranks by its helpful-and-harmless guideline (labeler.py), insult requests
 among the prompts; --helpful-only ranks by helpfulness alone, the control that shows what
@@ -27,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 import eval as evaluate
+import redteam
 import train_ppo
 import train_pretrain
 import train_rm
@@ -43,7 +46,9 @@ QUICK = {
            "--max-new-tokens 32",
     "rm": "--n-prompts 16 --eval-prompts 9 --batch-size 4 --max-new-tokens 32",
     "ppo": "--batch-size 8 --minibatch-size 4 --ppo-epochs 1 --max-iters 3 --max-new-tokens 32",
-    "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2",
+    "redteam": "--zero-shot 16 --few-shot 16 --benign 16 --k 2 --max-new-tokens 32",
+    "eval": "--samples-per-prompt 1 --max-new-tokens 32 --ppl-iters 2 --harm-samples 1 "
+            "--red-team 16",
 }
 QUICK_CORPUS_CHARS = 300_000   # the first addresses of the corpus: a BPE trains on them in a second
 # RLHF rounds (steps 2 and 3) by default: at the default run's length one round gave the most
@@ -66,20 +71,25 @@ class PipelineConfig:
 
 
 def rlhf_rounds(d, rounds, sft, guideline="hh"):
-    """[(name, stage, flags)] for steps 2 and 3, `rounds` times: see the docstring."""
-    stages, policy, rankings = [], sft, None
+    """[(name, stage, flags)] for steps 2 and 3, `rounds` times, and the red team between two
+    rounds: see the docstring."""
+    stages, policy, rankings, found = [], sft, None, []
     for r in range(1, rounds + 1):
         where = d if r == rounds else os.path.join(d, f"round{r}")
         rm, ppo = os.path.join(where, "rm.pt"), os.path.join(where, "ppo.pt")
         later = ["--policy", policy, "--data", rankings] if r > 1 else []
         suffix = f" (round {r})" if rounds > 1 else ""
-        stages.append(("rm" + suffix, train_rm.main, ["--init", sft, "--out", rm, *later,
+        stages.append(("rm" + suffix, train_rm.main, ["--init", sft, "--out", rm, *later, *found,
                                                       "--n-prompts", str(RANKINGS // rounds),
                                                       "--guideline", guideline]))
         stages.append(("ppo" + suffix, train_ppo.main, ["--init", policy, "--ref", sft,
-                                                        "--reward", rm, "--out", ppo,
+                                                        "--reward", rm, "--out", ppo, *found,
                                                         *(LATER_PPO if r > 1 else [])]))
         policy, rankings = ppo, os.path.splitext(rm)[0] + ".rankings.jsonl"
+        if r < rounds:   # attack this round's policy: what it finds, the next round trains on
+            attacks = os.path.join(where, "redteam.jsonl")
+            stages.append(("redteam" + suffix, redteam.main, ["--policy", ppo, "--out", attacks]))
+            found = ["--prompts", os.path.splitext(attacks)[0] + ".prompts.jsonl"]
     return stages
 
 
@@ -93,6 +103,8 @@ HEADLINES = {
                     f"vs the noise-free labeler",
     "ppo": lambda m: f"held-out gold {m['heldout_gold']:.3f} (SFT {m['heldout_gold_sft']:.3f}) "
                      f"at a KL of {m['heldout_kl']:.2f} nats per response",
+    "redteam": lambda report: f"attack success {report.zs_rate:.1%} zero-shot, "
+                              f"{report.sfs_rate:.1%} few-shot; {report.distinct} prompts found",
     "eval": lambda res: "the report card: " + ", ".join(
         f"{r['name']} {r['gold']:.3f}" for r in res["rows"]
         if r["name"] in ("sft", "best-of-16", "ppo")) + " (gold)",

@@ -245,3 +245,33 @@ def test_harm_samples_zero_leaves_the_phase_out(tmp_path, tiny_tok):
     assert json.loads((tmp_path / "eval.json").read_text())["harmlessness"] == {}
     assert "Harmlessness" not in (tmp_path / "eval.md").read_text()
     assert not (tmp_path / "eval_harm.svg").exists()
+
+
+def test_the_red_team_attacks_every_chat_policy_with_the_same_search(tmp_path, tiny_tok,
+                                                                     monkeypatch):
+    """--red-team N: redteam.py's search (N prompts per pass, k = 4) against sft and each PPO
+    round, its numbers in eval.json and a line per policy in eval.md; two copies of one model get
+    the same attack (same seed, same prompts). --red-team 0: no attack."""
+    make_rounds(tmp_path, tiny_tok)
+    make_checkpoint(tmp_path / "round1" / "ppo.pt", "ppo", tiny_tok, seed=2)   # = ppo.pt's
+    asked = []
+    real = ev.policy_responder
+
+    def spy(*args, **kwargs):
+        respond = real(*args, **kwargs)
+        return lambda prompts: asked.append(list(prompts)) or respond(prompts)
+    monkeypatch.setattr(ev, "policy_responder", spy)
+    ev.main(["--out-dir", str(tmp_path), "--samples-per-prompt", "1", "--max-new-tokens", "8",
+             "--harm-samples", "1", "--red-team", "6"])
+    attacks = json.loads((tmp_path / "eval.json").read_text())["harmlessness"]["red_team"]
+    assert list(attacks) == ["sft", "ppo (round 1)", "ppo"]
+    for a in attacks.values():
+        assert a["zero_shot_queries"] == a["few_shot_queries"] == 6 * 4
+    assert attacks["ppo (round 1)"] == attacks["ppo"]
+    assert len(asked) == 9 and asked[3:6] == asked[6:9]   # 3 passes each, the same prompts
+    md = (tmp_path / "eval.md").read_text()
+    assert "| model | queries | zero-shot success |" in md
+    assert all(f"| {name} | 48 | " in md for name in attacks)
+    ev.main(["--out-dir", str(tmp_path), "--samples-per-prompt", "1", "--max-new-tokens", "8",
+             "--harm-samples", "1", "--red-team", "0"])
+    assert json.loads((tmp_path / "eval.json").read_text())["harmlessness"]["red_team"] == {}
