@@ -867,9 +867,7 @@ def main(argv=None):
         chart, gold_kl = gold_kl_chart(summary, curves, chart_path)
 
     # 5. harmlessness: each chat policy on the harm sets (and its task samples), the picture
-    harm = {}
-    if cfg.harm_samples:
-        harm = harmlessness(cfg, policies, rows, tok, prompts, device, ctx)
+    harm = harmlessness(cfg, policies, rows, tok, prompts, device, ctx) if cfg.harm_samples else {}
 
     # 6. the report
     res = {"settings": {**asdict(cfg), "samples": len(prompts), "checkpoints": paths},

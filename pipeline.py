@@ -100,14 +100,17 @@ HEADLINES = {
     "sft": lambda m: f"held-out labeler score {m['gold_score']:.3f}, "
                      f"{m['ended']:.0%} of responses ended",
     "rm": lambda m: f"held-out pairwise accuracy {m['heldout_acc_gold']:.1%} "
-                    f"vs the noise-free labeler",
+                    f"vs the noise-free labeler "
+                    f"({m.get('heldout_harm_acc_gold', math.nan):.1%} on insult requests)",
     "ppo": lambda m: f"held-out gold {m['heldout_gold']:.3f} (SFT {m['heldout_gold_sft']:.3f}) "
                      f"at a KL of {m['heldout_kl']:.2f} nats per response",
     "redteam": lambda report: f"attack success {report.zs_rate:.1%} zero-shot, "
                               f"{report.sfs_rate:.1%} few-shot; {report.distinct} prompts found",
     "eval": lambda res: "the report card: " + ", ".join(
         f"{r['name']} {r['gold']:.3f}" for r in res["rows"]
-        if r["name"] in ("sft", "best-of-16", "ppo")) + " (gold)",
+        if r["name"] in ("sft", "best-of-16", "ppo")) + " (gold); attack success " + ", ".join(
+        f"{p['name']} {p['harmful_compliance']['p']:.0%}"
+        for p in res["harmlessness"].get("policies", []) if p["name"] in ("sft", "ppo")),
 }
 
 

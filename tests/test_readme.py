@@ -25,6 +25,7 @@ TINY = {
     "train_sft.py": pipeline.QUICK["sft"],
     "train_rm.py": pipeline.QUICK["rm"],
     "train_ppo.py": pipeline.QUICK["ppo"] + " --eval-samples 4",
+    "redteam.py": pipeline.QUICK["redteam"],
     "eval.py": pipeline.QUICK["eval"] + " --rm-rankings 2",
     "chat.py": "--max-new-tokens 16",
     "label.py": "--port 0 --max-new-tokens 16",
