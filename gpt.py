@@ -5,8 +5,10 @@ A decoder-only transformer (Radford et al. 2018/2019) with what the RLHF stages 
 - rows may be LEFT-padded: `pad_mask` (B,T) is True on real tokens; padding is kept out of
   attention and positions restart at 0 on each row's first real token, so a padded row gives the
   same logits as alone;
-- batched generation with a KV cache, per-row stop tokens, temperature / top-k / top-p, and the
-  log-prob of every sampled token under the distribution it was drawn from (PPO's "old log-probs");
+- generation with a KV cache and continuous batching (a finished row leaves, a waiting prompt
+  takes its slot), per-row stop tokens, temperature / top-k / top-p, each row drawing from its own
+  random numbers, and the log-prob of every sampled token under the distribution it was drawn
+  from (PPO's "old log-probs");
 - a scalar head (reward model, value function) that every model carries, zero-initialised, so that
   the checkpoints of all stages have the same state_dict keys.
 Options beyond GPT-2: rotary position embeddings (RoFormer, Su et al. 2021) and a SwiGLU MLP
@@ -14,6 +16,8 @@ Options beyond GPT-2: rotary position embeddings (RoFormer, Su et al. 2021) and 
 common.autocast(device, precision).
 """
 import math
+from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -64,24 +68,118 @@ def left_pad(seqs, pad_id=0, device="cpu"):
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, in buffers preallocated to
-    max_len, so that each generation step runs the model on the new token only (Pope et al. 2022,
-    sec. 2)."""
+    """Keys and values of every layer for the rows being decoded, one slot per row. A slot holds
+    its row from position 0 up to its own length (lens), so rows of different lengths come and go
+    (continuous batching: Yu et al. 2022, "Orca"). Buffers are preallocated to max_len tokens, so
+    each step runs the model on the new tokens only (Pope et al. 2022, sec. 2)."""
 
-    def __init__(self, n_layer, max_len):
+    def __init__(self, n_layer, n_slots, max_len, device):
         self.k, self.v = [None] * n_layer, [None] * n_layer
-        self.max_len, self.len = max_len, 0  # len: tokens stored (padding too), same in all rows
+        self.max_len = max_len
+        self.lens = torch.zeros(n_slots, dtype=torch.long, device=device)  # tokens per slot
+        self.joining = None   # slots whose prompts the next forward pass stores, else None
 
     def update(self, layer, k, v):
-        """Store k, v (B,nh,T,hd) after the tokens already there; return all keys, values so far."""
-        if self.k[layer] is None:
-            B, nh, _, hd = k.shape
-            self.k[layer] = k.new_zeros(B, nh, self.max_len, hd)
-            self.v[layer] = v.new_zeros(B, nh, self.max_len, hd)
-        end = self.len + k.size(2)
-        self.k[layer][:, :, self.len:end] = k
-        self.v[layer][:, :, self.len:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        """Store k, v (B,nh,T,hd); return the keys and values to attend to. Joining prompts
+        (right-padded, B = len(joining)) go to positions 0..T-1 of their slots and attend to
+        themselves only; otherwise k, v is one new token per slot, stored after the slot's
+        tokens, which attends to its slot up to the longest one (the mask hides the rest)."""
+        if self.k[layer] is None:   # fp32 on a CPU: its bf16 kernels for one query are slow
+            dtype = torch.float32 if k.device.type == "cpu" else k.dtype
+            shape = (len(self.lens), k.size(1), self.max_len, k.size(3))
+            self.k[layer] = torch.zeros(shape, dtype=dtype, device=k.device)
+            self.v[layer] = torch.zeros(shape, dtype=dtype, device=v.device)
+        k, v = k.to(self.k[layer].dtype), v.to(self.v[layer].dtype)
+        if self.joining is not None:
+            self.k[layer][self.joining, :, :k.size(2)] = k
+            self.v[layer][self.joining, :, :v.size(2)] = v
+            return k, v
+        slot = torch.arange(len(self.lens), device=self.lens.device)
+        self.k[layer][slot, :, self.lens] = k[:, :, 0]
+        self.v[layer][slot, :, self.lens] = v[:, :, 0]
+        return self.k[layer][:, :, :self.width], self.v[layer][:, :, :self.width]
+
+    def resize(self, keep, n_slots, max_len):
+        """Slots `keep` (a list) move to the front of n_slots slots of max_len tokens: the batch
+        grows while rows wait, and shrinks to its live rows."""
+        self.max_len = max_len
+        for buffers in (self.k, self.v):
+            for i, old in enumerate(buffers):
+                if old is not None:
+                    buffers[i] = old.new_zeros(n_slots, old.size(1), max_len, old.size(3))
+                    width = min(old.size(2), max_len)
+                    buffers[i][:len(keep), :, :width] = old[keep, :, :width]
+        lens = self.lens.new_zeros(n_slots)
+        lens[:len(keep)] = self.lens[keep]
+        self.lens = lens
+
+
+@dataclass
+class Row:
+    """A sequence for GPT._decode to continue, with its own settings: up to max_new_tokens (fewer
+    where the context ends), temperature (0 = greedy), top_p, and uniforms, its own random draws
+    in [0, 1), one per new token (see GPT._sample). tag: the caller's, to recognise the row.
+    cancelled: set by the caller (a client left) to free the row's slot at the next step."""
+    prompt: list
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    uniforms: torch.Tensor = None
+    tag: object = None
+    cancelled: bool = False
+
+
+def rows_for(prompts, max_new_tokens, temperature=1.0, top_p=None, generator=None):
+    """Rows with the same settings, row i drawing from row i of torch.rand(len(prompts),
+    max_new_tokens, generator): its draws depend on its place in the list, not on its batch."""
+    if temperature == 0:   # greedy draws nothing
+        uniforms = torch.zeros(len(prompts), max_new_tokens)
+    else:
+        device = generator.device if generator is not None else "cpu"
+        uniforms = torch.rand(len(prompts), max_new_tokens, generator=generator, device=device)
+    top_p = 1.0 if top_p is None else top_p
+    return [Row(p, max_new_tokens, temperature, top_p, u, tag=i)
+            for i, (p, u) in enumerate(zip(prompts, uniforms))]
+
+
+class Slots:
+    """What GPT._decode knows about each slot of its batch: the Row in it (None: free), the new
+    tokens it drew (count) and may draw (budget), its settings and random draws, its sequence
+    (for the no-cache reference), and h, the hidden state at its last token."""
+    TENSORS = ("count", "budget", "temperature", "top_p", "uniforms", "h")
+
+    def __init__(self, device):
+        self.rows, self.seqs, self.h = [], [], None
+        self.count = torch.zeros(0, dtype=torch.long, device=device)
+        self.budget = torch.zeros(0, dtype=torch.long, device=device)
+        self.temperature = torch.zeros(0, device=device)
+        self.top_p = torch.zeros(0, device=device)
+        self.uniforms = torch.zeros(0, 0, device=device)
+
+    def resize(self, keep, n):
+        """Slots `keep` (a list) move to the front of n slots."""
+        for name in self.TENSORS:
+            old = getattr(self, name)
+            if old is not None:
+                new = old.new_zeros(n, *old.shape[1:])
+                new[:len(keep)] = old[keep]
+                setattr(self, name, new)
+        self.rows = [self.rows[s] for s in keep] + [None] * (n - len(keep))
+        self.seqs = [self.seqs[s] for s in keep] + [[0]] * (n - len(keep))
+
+    def fill(self, at, rows, prompts, budget):
+        """Rows with their (cropped) prompts and budgets take the slots `at` (B,)."""
+        width = max([int(budget.max())] + [len(r.uniforms) for r in rows if r.uniforms is not None])
+        if width > self.uniforms.size(1):
+            self.uniforms = F.pad(self.uniforms, (0, width - self.uniforms.size(1)))
+        self.count[at], self.budget[at] = 0, budget
+        device = self.count.device
+        self.temperature[at] = torch.tensor([float(row.temperature) for row in rows], device=device)
+        self.top_p[at] = torch.tensor([float(row.top_p) for row in rows], device=device)
+        for s, row, prompt in zip(at.tolist(), rows, prompts):
+            self.rows[s], self.seqs[s] = row, list(prompt)
+            if row.uniforms is not None:   # None: a greedy row, which draws nothing
+                self.uniforms[s, :len(row.uniforms)] = row.uniforms.to(device)
 
 
 class CausalSelfAttention(nn.Module):
@@ -104,12 +202,15 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        # softmax(q k^T / sqrt(hd)) v (Vaswani et al. 2017, eq. 1). mask (B,1,T,S) True = may
-        # attend; None = plain causal attention, or, for a single new query against the cache,
-        # attend to every key.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           is_causal=mask is None and T > 1,
-                                           dropout_p=self.dropout if self.training else 0.0)
+            q = q.to(k.dtype)   # the cache's precision: fp32 on a CPU, see KVCache
+        # softmax(q k^T / sqrt(hd)) v (Vaswani et al. 2017, eq. 1). mask (B,1,T,S): True or 0 =
+        # may attend, False or -inf = may not; None = plain causal attention, or, for a single
+        # new query against the cache, attend to every key. A CPU's autocast would cast an fp32
+        # cache back to bf16, whose attention kernels for one query are slow.
+        with torch.autocast("cpu", enabled=False) if q.dtype == torch.float32 else nullcontext():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               is_causal=mask is None and T > 1,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -206,8 +307,6 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, cache, i)
-        if cache is not None:
-            cache.len += T
         return self.ln_f(x)
 
     @staticmethod
@@ -249,113 +348,182 @@ class GPT(nn.Module):
     # ---- generation -------------------------------------------------------------------------
 
     @staticmethod
-    def _sample(logits, temperature, top_k, top_p, generator):
+    def _sample(logits, temperature, top_k, top_p, uniform):
         """Draw one token per row from logits (B,V); return it and its log-prob under the
         distribution it was drawn from: softmax(logits / temperature) restricted to the top_k
         tokens and/or the smallest set holding top_p of the mass (nucleus sampling, Holtzman et
-        al. 2019), renormalised. temperature 0 means greedy: argmax, log-prob 0 (the distribution
-        is a point mass)."""
+        al. 2019), renormalised. temperature and top_p are per row (B,); temperature 0 means
+        greedy: argmax, log-prob 0 (a point mass). uniform (B,) in [0, 1) is each row's own draw:
+        the token is the first whose cumulative probability exceeds it (inverse-CDF sampling),
+        so a row's tokens depend on its own draws only, never on the rows beside it."""
         logits = logits.float()
-        if temperature == 0:
-            return logits.argmax(-1), torch.zeros(logits.size(0))
-        logits = logits / temperature
+        greedy = temperature == 0
+        logits = logits / torch.where(greedy, 1.0, temperature)[:, None]
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None and top_p < 1.0:
+        if bool((top_p < 1.0).any()):
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             probs = sorted_logits.softmax(-1)
             # the mass before this token already reaches top_p (so the top token always stays)
-            drop = probs.cumsum(-1) - probs > top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+            drop = probs.cumsum(-1) - probs > top_p[:, None]
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         logprobs = F.log_softmax(logits, dim=-1)
-        token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
-        return token, logprobs.gather(-1, token[:, None]).squeeze(-1).cpu()
+        cdf = logprobs.exp().cumsum(-1)
+        drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+        token = torch.where(greedy, logits.argmax(-1), drawn.clamp(max=logits.size(-1) - 1))
+        logprob = logprobs.gather(-1, token[:, None])[:, 0].masked_fill(greedy, 0.0)
+        return token, logprob.cpu()
 
     @torch.no_grad()
-    def _decode(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                stop_token=None, generator=None, use_cache=True, sample=None):
-        """The one decoding loop behind generate() and stream(). Yields, each step, (token (B,),
-        logprob (B,), live (B,)): live says which rows were still going, i.e. whose token counts.
-        Rows are left-padded. A row stops after its stop_token, after max_new_tokens, or when its
-        sequence fills block_size (the model has no position past that); a prompt longer than
-        block_size is cut to its last block_size tokens, as nanoGPT crops its context.
-        use_cache=False reruns the whole sequence each step (the slow reference the cache is
-        tested and benchmarked against).
+    def _decode(self, queue, max_batch=None, top_k=None, stop_token=None, use_cache=True):
+        """The one decoding loop behind generate(), stream() and the server. queue: a deque of
+        Rows; a row leaves it when a slot is free, so a server may append rows while we decode
+        (max_batch slots at most; None: as many as the queue holds at the start). Yields, each
+        step, (rows, token (B,), logprob (B,), ended (B,)): the rows that drew a token and
+        whether it was their last: the stop token, max_new_tokens, or a full context (the model
+        has no position past block_size; a prompt longer than that keeps its last block_size
+        tokens, as nanoGPT crops its context). use_cache=False reruns each row's whole sequence
+        each step (the slow reference the cache is tested and benchmarked against).
 
-        The rows: prompts left-padded to T0 (the longest), then a column per step (. pad,
-        p prompt, E stop token, x drawn after the row stopped, yielded as not live); real says
-        which tokens a row attends to:
-            row 0   . . p p p | a b E x x      real[0] = 0 0 1 1 1 | 1 1 0 0 0
-            row 1   p p p p p | c d e f g      real[1] = 1 1 1 1 1 | 1 1 1 1 1
-        The KV cache holds every column, so cache.len is shared; a token's position is its own
-        row's count of real tokens before it (row 0's `a` is at 3 = lens[0] + t). budget: new
-        tokens each row may have. sample(logits (B,V)) -> (token, logprob) replaces _sample and
-        its settings, for a server whose rows each have their own."""
-        sample = sample or (lambda logits: self._sample(logits, temperature, top_k, top_p,
-                                                        generator))
-        if not prompts:
-            return
-        device, block_size = self.wte.weight.device, self.config.block_size
-        assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
-        prompts = [list(p)[-block_size:] for p in prompts]
-        lens = torch.tensor([len(p) for p in prompts], device=device)
-        budget = (block_size + 1 - lens).clamp(max=max_new_tokens)
-        steps, T0 = int(budget.max()), int(lens.max())
-        idx, real = left_pad(prompts, device=device)
-        idx, real = F.pad(idx, (0, steps)), F.pad(real, (0, steps))   # room for what is generated
-        cache = KVCache(self.config.n_layer, T0 + steps) if use_cache else None
-        h = self._hidden(idx[:, :T0], *self._pos_and_mask(real[:, :T0]), cache=cache)  # the prompts
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        for t in range(steps):
-            # draw a token per row from the logits at the last position
-            token, logprob = sample(self.lm_head(h[:, -1]))
-            yield token, logprob, ~done
-            # a row is done once it used its budget or drew its stop token
-            done |= budget <= t + 1
-            if stop_token is not None:
-                done |= token == stop_token
-            if bool(done.all()):
+        The slots, one step after row 2 ended and row 4 took its slot (p prompt, a.. drawn):
+            slot 0   p p p a b c            row 0: 3 drawn, its position 6 = its slot's length
+            slot 1   p p p p p p p d e      row 1
+            slot 2   p p p p                row 4: its prompt ran through the cache this step
+        A slot holds its row from position 0, so rows of any length come and go; a finished row
+        leaves at once and a waiting row takes its slot at the next step (continuous batching,
+        Yu et al. 2022). While rows wait the batch grows to max_batch; once none wait and half
+        its slots are free, it shrinks to the live rows."""
+        device = self.wte.weight.device
+        max_batch = max_batch or max(len(queue), 1)
+        slots = Slots(device)
+        cache = KVCache(self.config.n_layer, 0, 1, device) if use_cache else None
+        while True:
+            # 1. rows whose caller left free their slots; waiting rows take the free slots
+            slots.rows = [None if row is None or row.cancelled else row for row in slots.rows]
+            self._fit(slots, cache, queue, max_batch)
+            self._admit(slots, cache, queue)
+            live = [s for s, row in enumerate(slots.rows) if row is not None]
+            if not live:
                 return
-            # append the token; a finished row's tokens are padding from now on
-            T = T0 + t + 1   # sequence length once this token is in
-            idx[:, T - 1], real[:, T - 1] = token, ~done
-            # its position = the real tokens before it (finished rows: anything valid)
-            pos = (lens + t).clamp(max=block_size - 1)[:, None]
-            h = self._next_hidden(token, pos, idx[:, :T], real[:, :T], cache)
+            live = torch.tensor(live, device=device)
+            # 2. each live row draws a token from the logits at its last token
+            uniform = slots.uniforms[live, slots.count[live]]
+            token, logprob = self._sample(self.lm_head(slots.h[live]), slots.temperature[live],
+                                          top_k, slots.top_p[live], uniform)
+            slots.count[live] += 1
+            # 3. a row ends with its stop token or its last allowed token, and frees its slot
+            ended = slots.count[live] >= slots.budget[live]
+            if stop_token is not None:
+                ended |= token == stop_token
+            yield [slots.rows[s] for s in live.tolist()], token, logprob, ended
+            for s in live[ended].tolist():
+                slots.rows[s] = None
+            # 4. the others append their token: one step of the model
+            if not bool(ended.all()):
+                self._step(slots, cache, live[~ended], token[~ended])
 
-    def _next_hidden(self, token, pos, idx, real, cache):
-        """Hidden states for the next step of _decode, once the new token (B,) is the last column
-        of idx and real (B,T): with the cache, the model runs on the new token only, at positions
-        pos (B,1); without (cache None), on the whole sequence again."""
+    def _fit(self, slots, cache, queue, max_batch):
+        """Resize the batch: grow it (to max_batch at most) while rows wait for a slot, shrink it
+        to its live rows once none wait and half its slots are free (a copy of the cache, so
+        rarely: at most log2(max_batch) times as a batch drains)."""
+        live = [s for s, row in enumerate(slots.rows) if row is not None]
+        n = len(slots.rows)
+        grow = min(max_batch, len(live) + len(queue))
+        if grow > n:
+            self._resize(slots, cache, live, grow, cache.max_len if cache else 0)
+        elif not queue and len(live) <= n // 2:
+            self._resize(slots, cache, live, len(live), cache.max_len if cache else 0)
+
+    @staticmethod
+    def _resize(slots, cache, keep, n_slots, max_len):
+        slots.resize(keep, n_slots)
+        if cache is not None:
+            cache.resize(keep, n_slots, max_len)
+
+    def _admit(self, slots, cache, queue):
+        """Waiting rows take the free slots, once an eighth of the batch is free (or the batch
+        grew for them): their prompts run through the model together, right-padded so that each
+        starts at position 0 of its slot (causal attention keeps the padding after them out),
+        and give each row its first hidden state."""
+        block_size, device = self.config.block_size, self.wte.weight.device
+        free = [s for s, row in enumerate(slots.rows) if row is None]
+        if len(free) < len(slots.rows) / 8:   # wait for a few to run their prompts together
+            return
+        joining = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+        if not joining:
+            return
+        prompts = [list(row.prompt)[-block_size:] for row in joining]
+        assert all(prompts), "every prompt needs at least one token"
+        lens = torch.tensor([len(p) for p in prompts], device=device)
+        budget = (block_size + 1 - lens).clamp(max=torch.tensor(
+            [row.max_new_tokens for row in joining], device=device))
+        at = torch.tensor(free[:len(joining)], device=device)
+        if cache is not None and int((lens + budget - 1).max()) > cache.max_len:   # longer rows
+            n = len(slots.rows)
+            self._resize(slots, cache, list(range(n)), n, int((lens + budget - 1).max()))
+        slots.fill(at, joining, prompts, budget)
         if cache is None:
-            return self._hidden(idx, *self._pos_and_mask(real))
-        mask = None if bool(real.all()) else real[:, None, None, :]
-        return self._hidden(token[:, None], pos, mask, cache)
+            h = self.hidden(*left_pad(prompts, device=device))[:, -1]
+        else:
+            idx = torch.tensor([p + [0] * (int(lens.max()) - len(p)) for p in prompts],
+                               device=device)
+            cache.joining = at
+            h = self._hidden(idx, cache=cache)[torch.arange(len(prompts)), lens - 1]
+            cache.joining = None
+            cache.lens[at] = lens
+        slots.h = h.new_zeros(len(slots.rows), h.size(-1)) if slots.h is None else slots.h
+        slots.h[at] = h.to(slots.h.dtype)
+
+    def _step(self, slots, cache, going, token):
+        """Run the model on the new token of each row going on (going: their slots): with the
+        cache, one token per slot (free slots compute a token no one reads, cheaper than moving
+        the cache), at each slot's position = its length; without, every whole sequence again."""
+        if cache is None:
+            for s, t in zip(going.tolist(), token.tolist()):
+                slots.seqs[s].append(t)
+            h = self.hidden(*left_pad([slots.seqs[s] for s in going.tolist()],
+                                      device=token.device))[:, -1]
+            slots.h[going] = h.to(slots.h.dtype)
+            return
+        tokens = torch.zeros(len(slots.rows), dtype=torch.long, device=token.device)
+        tokens[going] = token
+        idle = torch.ones(len(slots.rows), dtype=torch.bool, device=token.device)
+        idle[going] = False
+        cache.lens[idle] = 0   # a free slot's token goes to its position 0, read by no one
+        pos = cache.lens[:, None]
+        cache.width = int(cache.lens.max()) + 1
+        # a slot's own tokens: 0, the others: -inf (added to the scores, faster than a bool mask)
+        hidden = torch.arange(cache.width, device=token.device) > pos
+        mask = torch.zeros(hidden.shape, dtype=cache.k[0].dtype, device=token.device)
+        mask = mask.masked_fill(hidden, float("-inf"))
+        h = self._hidden(tokens[:, None], pos, mask[:, None, None, :], cache)[:, -1]
+        cache.lens[going] += 1
+        slots.h[going] = h[going].to(slots.h.dtype)
 
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_token=None, generator=None, use_cache=True):
+                 stop_token=None, generator=None, use_cache=True, max_batch=None):
         """Sample continuations of a batch of prompts (lists of token ids, any lengths). Returns
         (tokens, logprobs): per row the new tokens (ending with stop_token if it was drawn) and
         the log-prob of each under the sampling distribution (see _sample; temperature 0 =
-        greedy). Pass a torch.Generator for reproducible samples. Call model.eval() first, or
-        dropout is on."""
-        steps = list(self._decode(prompts, max_new_tokens, temperature, top_k, top_p, stop_token,
-                                  generator, use_cache))
-        if not steps:
-            return [[] for _ in prompts], [[] for _ in prompts]
-        tokens, logprobs, live = (torch.stack(s, dim=1).tolist() for s in zip(*steps))
-        # a row's tokens are those drawn while it was live: a prefix
-        n = [sum(row) for row in live]
-        return [r[:k] for r, k in zip(tokens, n)], [r[:k] for r, k in zip(logprobs, n)]
+        greedy). Row i draws from row i of torch.rand(len(prompts), max_new_tokens, generator),
+        so a torch.Generator makes samples reproducible, whatever max_batch (rows decoded at
+        once; None: all). Call model.eval() first, or dropout is on."""
+        rows = rows_for(prompts, max_new_tokens, temperature, top_p, generator)
+        tokens, logprobs = [[] for _ in prompts], [[] for _ in prompts]
+        for step_rows, token, logprob, _ in self._decode(deque(rows), max_batch, top_k,
+                                                         stop_token, use_cache):
+            for row, t, lp in zip(step_rows, token.tolist(), logprob.tolist()):
+                tokens[row.tag].append(t)
+                logprobs[row.tag].append(lp)
+        return tokens, logprobs
 
     def stream(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                stop_token=None, generator=None):
         """generate() for one prompt, yielding each new token id as soon as it is drawn (the stop
         token, if drawn, comes last)."""
-        for token, _, _ in self._decode([prompt], max_new_tokens, temperature, top_k, top_p,
-                                        stop_token, generator):
+        rows = rows_for([prompt], max_new_tokens, temperature, top_p, generator)
+        for _, token, _, _ in self._decode(deque(rows), 1, top_k, stop_token):
             yield int(token[0])
 
     # ---- bookkeeping ------------------------------------------------------------------------

@@ -29,13 +29,13 @@ Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 a malfo
 field, 401 no or a wrong key, 404 an unknown model or path, 411/413 no length or too large a body,
 415 not JSON, 429 too many requests waiting, 500 the generation failed (the server goes on).
 
-Several people at once: one thread per model generates (Batcher). The requests waiting for it,
-those that came while it was busy or within --gather seconds of each other, run as ONE batch
-through GPT._decode: left-padded rows, each with its own stop, length, temperature, top_p and seed,
-and every client's stream is fed from its rows as the tokens come. A request that comes during a
-batch waits for it to end (static batching: simple, and enough for a few people). A client that
-leaves mid-stream frees its rows (one that waits for a whole answer is only seen to have left when
-that answer is sent). It binds 127.0.0.1 unless --host says otherwise.
+Several people at once: one thread per model generates (Batcher). A request queues a row per
+choice, each with its own stop, length, temperature, top_p and random draws, and GPT._decode takes
+a waiting row whenever a slot of its batch (--max-batch rows) is free: a request that comes while
+others are being answered joins them at the next step (continuous batching), and every client's
+stream is fed from its rows as the tokens come. A client that leaves mid-stream frees its rows
+(one that waits for a whole answer is only seen to have left when that answer is sent).
+It binds 127.0.0.1 unless --host says otherwise.
 """
 import json
 import os
@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,7 @@ import torch
 from common import POLICY_STAGES, fail, load_model, pick_device
 from data import encode_example, encode_prompt
 from flags import flag, parse_config
-from gpt import GPT
+from gpt import Row
 from web import AnswerText, fit_context, PageHandler, PageServer
 
 MAX_BODY = 1 << 20        # a long chat's whole history is a few hundred KB at most
@@ -70,7 +71,6 @@ class ServeConfig:
     max_tokens: int = flag(64, "an answer's length when a request sets none", ge=1)
     max_n: int = flag(8, "the most choices (n) one request may ask for; at most --max-batch", ge=1)
     max_batch: int = flag(32, "the most rows in one batch (1: one request at a time)", ge=1)
-    gather: float = flag(0.01, "seconds a request waits for others to join its batch", ge=0)
     device: str = flag("auto", "auto: cuda, else mps, else cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
 
@@ -85,121 +85,100 @@ class ApiError(Exception):
 
 
 class Job:
-    """One request: n rows of one context, with their settings. `events` tells the request's thread
-    what its rows write: (choice, text, None, None) as the text comes, (choice, text, finish_reason,
-    tokens) at a row's end, or an ApiError. cancelled: the client left, its rows stop."""
+    """One request: n rows of one context, with their settings (seed: None, or the seed of its
+    rows' draws). `events` tells the request's thread what its rows write: (choice, text, None,
+    None) as the text comes, (choice, text, finish_reason, tokens) at a row's end, or an ApiError.
+    cancelled: the client left, its rows stop."""
 
-    def __init__(self, context, n, max_tokens, temperature, top_p, generator):
+    def __init__(self, context, n, max_tokens, temperature, top_p, seed):
         self.context, self.n, self.max_tokens = context, n, max_tokens
-        self.temperature, self.top_p, self.generator = temperature, top_p, generator
-        self.events, self.cancelled = queue.SimpleQueue(), False
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.events, self.cancelled, self.going = queue.SimpleQueue(), False, n
+
+
+class Choice:
+    """A row of a Job as the Batcher follows it: its answer's text so far, its token count."""
+
+    def __init__(self, job, index, tok):
+        self.job, self.index, self.text, self.count = job, index, AnswerText(tok), 0
 
 
 class Batcher:
-    """The one thread that generates with a model: it runs every request waiting as one batch."""
+    """The one thread that generates with a model. A request queues a row per choice, and
+    GPT._decode takes a waiting row whenever a slot of its batch is free: a request that comes
+    while others are being answered joins them at the next step (continuous batching)."""
 
-    def __init__(self, model, tok, max_batch, gather):
-        self.model, self.tok, self.max_batch, self.gather = model, tok, max_batch, gather
-        self.device = model.wte.weight.device
-        self.generator = torch.Generator(self.device)   # for the requests without a seed
+    def __init__(self, model, tok, max_batch):
+        self.model, self.tok, self.max_batch = model, tok, max_batch
+        self.generator = torch.Generator()   # the draws of the requests without a seed
         self.generator.seed()
-        self.waiting, self.cond = [], threading.Condition()
+        self.queue, self.cond = deque(), threading.Condition()
+        self.pending = set()   # the jobs not answered yet: they fail if generation fails
         threading.Thread(target=self.run, daemon=True).start()
 
     def submit(self, job):
-        """Queue a job; False when too many rows are already waiting."""
+        """Queue a row per choice with its own random draws (a seeded job's come from its seed,
+        so its answers do not depend on the rows beside them). False when too many rows wait."""
+        own = job.seed is not None
         with self.cond:
-            if sum(j.n for j in self.waiting) + job.n > MAX_WAITING:
+            if len(self.queue) + job.n > MAX_WAITING:
                 return False
-            self.waiting.append(job)
+            generator = torch.Generator().manual_seed(job.seed) if own else self.generator
+            uniforms = torch.rand(job.n, job.max_tokens, generator=generator)
+            self.queue.extend(Row(job.context, job.max_tokens, job.temperature, job.top_p,
+                                  uniforms[i], tag=Choice(job, i, self.tok))
+                              for i in range(job.n))
+            self.pending.add(job)
             self.cond.notify()
         return True
 
-    def take(self):
-        """Wait for a job, then up to `gather` seconds for others; return the oldest that fit in
-        max_batch rows."""
-        with self.cond:
-            self.cond.wait_for(lambda: self.waiting)
-            deadline = time.monotonic() + self.gather
-            while sum(j.n for j in self.waiting) < self.max_batch and time.monotonic() < deadline:
-                self.cond.wait(deadline - time.monotonic())
-            jobs = [self.waiting.pop(0)]   # the first always fits: n <= --max-n <= --max-batch
-            rows = jobs[0].n
-            while self.waiting and rows + self.waiting[0].n <= self.max_batch:
-                rows += self.waiting[0].n
-                jobs.append(self.waiting.pop(0))
-            return jobs
-
     def run(self):
         while True:
-            jobs = self.take()
+            with self.cond:
+                self.cond.wait_for(lambda: self.queue)
             try:
-                self.generate(jobs)
+                self.decode()
             except Exception as e:   # a bug, or out of memory: these requests fail, we go on
                 traceback.print_exc()
-                message = f"generation failed ({type(e).__name__}: {e})"
-                for job in jobs:
-                    job.events.put(ApiError(500, message, kind="server_error"))
+                with self.cond:
+                    failed, self.pending = self.pending, set()
+                    self.queue.clear()
+                for job in failed:
+                    job.events.put(ApiError(500, f"generation failed ({type(e).__name__}: {e})",
+                                            kind="server_error"))
 
-    def sampler(self, rows):
-        """GPT._decode's sample() for these rows: rows that share temperature, top_p and generator
-        (a seeded request's own, else the server's) are drawn in one call of GPT._sample."""
-        groups = {}
-        for r, (job, _) in enumerate(rows):
-            generator = self.generator if job.generator is None else job.generator
-            groups.setdefault((job.temperature, job.top_p, generator), []).append(r)
-        groups = [(key, torch.tensor(rs, device=self.device), rs) for key, rs in groups.items()]
-
-        def sample(logits):
-            token = torch.empty(len(logits), dtype=torch.long, device=logits.device)
-            logprob = torch.empty(len(logits))
-            for (temperature, top_p, generator), index, rs in groups:
-                token[index], logprob[rs] = GPT._sample(logits[index], temperature, None, top_p,
-                                                        generator)
-            return token, logprob
-        return sample
-
-    def generate(self, jobs):
-        """One batch: a row per choice of each job. A row ends at a special token (stop), at its
-        job's max_tokens or where the context ends (length), or when its client has left."""
-        rows = [(job, i) for job in jobs for i in range(job.n)]
-        texts = [AnswerText(self.tok) for _ in rows]
-        counts, going = [0] * len(rows), [True] * len(rows)
-
-        def finish(r, reason):
-            job, i = rows[r]
-            going[r] = False
-            job.events.put((i, texts[r].close(), reason, counts[r]))
-
-        contexts = [job.context for job, _ in rows]
-        steps = self.model._decode(contexts, max(job.max_tokens for job in jobs),
-                                   stop_token=self.tok.special_tokens["<|end|>"],
-                                   sample=self.sampler(rows))
-        for token, _, live in steps:
-            token, live = token.tolist(), live.tolist()
-            for r, (job, i) in enumerate(rows):
-                if not going[r]:
-                    continue
+    def decode(self):
+        """Decode until no row is left. A row ends at a special token (stop), at its job's
+        max_tokens or where the context ends (length), or when its client has left."""
+        steps = self.model._decode(self.queue, self.max_batch,
+                                   stop_token=self.tok.special_tokens["<|end|>"])
+        for rows, token, _, ended in steps:
+            for row, t, last in zip(rows, token.tolist(), ended.tolist()):
+                choice, job = row.tag, row.tag.job
                 if job.cancelled:
-                    going[r] = False
-                elif not live[r]:   # _decode stopped the row: its sequence filled the context
-                    finish(r, "length")
-                else:
-                    piece = texts[r].push(token[r])
-                    if piece is None:
-                        finish(r, "stop")
-                        continue
-                    counts[r] += 1
-                    if piece:
-                        job.events.put((i, piece, None, None))
-                    if counts[r] == job.max_tokens:
-                        finish(r, "length")
-            if not any(going):
-                break
-        steps.close()
-        for r in range(len(rows)):   # _decode ended all the rows it had left: the context is full
-            if going[r]:
-                finish(r, "length")
+                    row.cancelled = True
+                    self.finish(choice, None)
+                    continue
+                piece = choice.text.push(t)
+                if piece is None:   # <|end|>, or another special token: the row stops
+                    row.cancelled = True
+                    self.finish(choice, "stop")
+                    continue
+                choice.count += 1
+                if piece:
+                    job.events.put((choice.index, piece, None, None))
+                if last:
+                    self.finish(choice, "length")
+
+    def finish(self, choice, reason):
+        """Tell the client that a row ended (reason None: its client left, no one to tell)."""
+        job = choice.job
+        if reason is not None:
+            job.events.put((choice.index, choice.text.close(), reason, choice.count))
+        job.going -= 1
+        if job.going == 0 or job.cancelled:
+            with self.cond:
+                self.pending.discard(job)
 
 
 def field(req, name, kind, default, ok=lambda v: True, want=""):
@@ -250,14 +229,13 @@ def turns_of(tok, messages):
 class ChatServer(PageServer):
     """models: {name: (GPT, Tokenizer, checkpoint dict, path)}, each with its own Batcher."""
 
-    def __init__(self, address, models, api_key="", max_tokens=64, max_n=8, max_batch=32,
-                 gather=0.01):
+    def __init__(self, address, models, api_key="", max_tokens=64, max_n=8, max_batch=32):
         super().__init__(address, Handler, PAGE)
         self.api_key, self.max_tokens, self.max_n = api_key, max_tokens, max_n
         self.models = {}
         for name, (model, tok, ckpt, path) in models.items():
             model.eval()
-            self.models[name] = (model, tok, ckpt, path, Batcher(model, tok, max_batch, gather))
+            self.models[name] = (model, tok, ckpt, path, Batcher(model, tok, max_batch))
 
     def model_list(self):
         return {"object": "list", "data": [
@@ -274,7 +252,7 @@ class ChatServer(PageServer):
         if name not in self.models:
             raise ApiError(404, f"the model '{name}' does not exist; this server has: "
                            f"{', '.join(self.models)}", param="model", code="model_not_found")
-        model, tok, _, _, batcher = self.models[name]
+        model, tok = self.models[name][:2]
         number, positive = (int, float), lambda v: v >= 1
         temperature = field(req, "temperature", number, 1.0, lambda v: 0 <= v <= 2,
                             "a number from 0 to 2")
@@ -290,8 +268,7 @@ class ChatServer(PageServer):
         if context is None:
             raise ApiError(400, f"this model's context is {block} tokens, and the last message "
                            "alone fills it", param="messages", code="context_length_exceeded")
-        generator = None if seed is None else torch.Generator(batcher.device).manual_seed(seed)
-        job = Job(context, n, max_tokens, float(temperature), float(top_p), generator)
+        job = Job(context, n, max_tokens, float(temperature), float(top_p), seed)
         return name, job, len(context), 2 * dropped
 
 
@@ -420,7 +397,7 @@ def main(argv=None):
     # 3. listen, warn when other machines can reach the models, and serve until Ctrl-C
     try:
         server = ChatServer((cfg.host, cfg.port), models, cfg.api_key, cfg.max_tokens, cfg.max_n,
-                            cfg.max_batch, cfg.gather)
+                            cfg.max_batch)
     except OSError as e:
         fail(f"--host {cfg.host} --port {cfg.port}: cannot listen ({e.strerror})")
     host, port = server.server_address[:2]

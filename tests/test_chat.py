@@ -43,16 +43,15 @@ def test_user_text_is_never_a_control_token(tiny_tok):
 
 
 def expected_answer(ckpt, text, seed, max_new_tokens, **sampling):
-    """What chat should print: the same sampling done by GPT.generate, cut at the first special token."""
+    """What chat should print: the same sampling done by GPT.generate, cut at the first special token and cleaned
+    of control characters (web.answer_text)."""
     from common import load_model
     model, tok, _ = load_model(ckpt)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     tokens, _ = model.generate([encode_prompt(tok, text)], max_new_tokens, stop_token=tok.special_tokens["<|end|>"],
                                generator=gen, **sampling)
-    specials = set(tok.special_tokens.values())
-    cut = next((i for i, t in enumerate(tokens[0]) if t in specials), len(tokens[0]))
-    return tok.decode(tokens[0][:cut])
+    return answer_text(tok, tokens[0])
 
 
 def test_prompt_mode_answers_and_exits_0(ckpt, tiny_tok):

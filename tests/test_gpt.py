@@ -10,7 +10,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from gpt import GPT, GPTConfig  # noqa: E402
+from gpt import GPT, GPTConfig, Row, rows_for  # noqa: E402
+from collections import deque  # noqa: E402
 
 torch.set_num_threads(2)
 COMBOS = [(pos, mlp) for pos in ("learned", "rope") for mlp in ("gelu", "swiglu")]
@@ -93,6 +94,56 @@ def test_kv_cache_greedy_equals_no_cache_greedy(pos, mlp):
         assert out == greedy_reference(model, r, 12)
         assert model.generate([r], 12, temperature=0)[0][0] == out
     assert all(x == 0.0 for row in lp for x in row)    # greedy: a point mass
+
+
+def decode_rows(model, rows, max_batch, stop_token=None):
+    """Run GPT._decode on rows; return each row's tokens, keyed by its tag, and the widest step."""
+    out, widest = {row.tag: [] for row in rows}, 0
+    for step_rows, token, _, _ in model._decode(deque(rows), max_batch, stop_token=stop_token):
+        widest = max(widest, len(step_rows))
+        for row, t in zip(step_rows, token.tolist()):
+            out[row.tag].append(t)
+    return out, widest
+
+
+@pytest.mark.parametrize("pos,mlp", COMBOS)
+def test_a_row_decodes_the_same_among_strangers_that_come_and_go(pos, mlp):
+    """Continuous batching: 24 prompts of 1 to 40 tokens through 5 slots, rows ending at a stop token, at their
+    max_new_tokens or at the full context, others taking their slots. Greedy, each row's tokens are its tokens
+    alone; sampled from its own draws, its tokens are the same alone, among others, in any slot."""
+    model = tiny(pos, mlp)
+    rows = prompts([1 + (7 * i) % 40 for i in range(24)], seed=3)
+    greedy = [Row(p, 4 + i % 9, 0.0, tag=i) for i, p in enumerate(rows)]
+    free, _ = decode_rows(model, greedy, 24)
+    stop = max(range(V), key=[t for out in free.values() for t in out[1:]].count)   # a token the rows write
+    together, widest = decode_rows(model, greedy, 5, stop)
+    assert widest == 5 and len({len(t) for t in together.values()}) > 3            # the slots filled, rows differed
+    assert any(t[-1] == stop for t in together.values())
+    for row in greedy:
+        alone, _ = decode_rows(model, [Row(row.prompt, row.max_new_tokens, 0.0, tag=0)], 1, stop)
+        assert together[row.tag] == alone[0], row.tag
+    sampled = rows_for(rows, 12, 1.0, 0.9, torch.Generator().manual_seed(5))
+    together, _ = decode_rows(model, sampled, 5, stop)
+    shuffled, _ = decode_rows(model, sampled[::-1], 3, stop)                        # other neighbours, other slots
+    assert together == shuffled
+    for row in sampled[:6]:
+        alone, _ = decode_rows(model, [row], 1, stop)
+        assert alone[row.tag] == together[row.tag]
+    assert len({tuple(t) for t in together.values()}) > 12                         # they are samples, not one path
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    """_sample draws token k when the row's uniform falls in [cdf(k-1), cdf(k)): with evenly spaced uniforms the
+    counts are the probabilities times n, to within one."""
+    logits = torch.tensor([[0.0, 1.0, -1.0, 2.0]]).repeat(1000, 1)
+    u = (torch.arange(1000) + 0.5) / 1000
+    token, logprob = GPT._sample(logits, torch.ones(1000), None, torch.ones(1000), u)
+    probs = logits[0].softmax(-1)
+    counts = torch.bincount(token, minlength=4)
+    assert ((counts - 1000 * probs).abs() <= 1).all(), counts
+    torch.testing.assert_close(logprob, probs.log()[token])
+    greedy, lp = GPT._sample(logits[:2], torch.zeros(2), None, torch.ones(2), u[:2])
+    assert greedy.tolist() == [3, 3] and lp.tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("pos,mlp", COMBOS)

@@ -109,20 +109,16 @@ def test_openai_client_plain_streamed_n_and_models(server, ckpts, tiny_tok):
     assert a.usage.completion_tokens >= 2
 
 
-def test_a_seeded_request_gives_the_same_answers_in_a_batch(ckpts, monkeypatch):
-    """Its rows draw from its own generator, whatever else is in the batch: alone, and in one batch
-    with four other requests (other prompts, temperatures and top_p), it gets the same answers."""
-    batches, generate = [], serve.Batcher.generate
-
-    def recording(self, jobs):   # the Batcher's batches, as the lists of jobs they ran
-        batches.append(jobs)
-        return generate(self, jobs)
-    monkeypatch.setattr(serve.Batcher, "generate", recording)
+def test_a_seeded_request_gives_the_same_answers_in_a_batch(ckpts, recorded):
+    """Its rows draw from their own random draws, whatever else is in the batch: alone, and in steps
+    shared with four other requests (other prompts, temperatures and top_p), it gets the same answers."""
+    steps, delay = recorded
+    delay[0] = 0.02   # so that the five requests overlap
     body = {"model": "ppo", "messages": [{"role": "user", "content": PROMPT}], "n": 2, "seed": 3,
             "max_tokens": 16, "temperature": 1.2, "top_p": 0.9}
     others = [{"model": "ppo", "messages": [{"role": "user", "content": f"Part {i}"}],
                "max_tokens": 16, "temperature": t} for i, t in enumerate((0, 0.7, 1.0, 1.2))]
-    srv = start(ckpts, gather=2, max_batch=6)   # a batch starts when 6 rows wait, or after 2 s
+    srv = start(ckpts, max_batch=6)
     url, replies, go = srv.url + "/v1/chat/completions", [None] * 5, threading.Barrier(5)
 
     def ask(i, b):
@@ -130,7 +126,8 @@ def test_a_seeded_request_gives_the_same_answers_in_a_batch(ckpts, monkeypatch):
         replies[i] = post(url, b)
     try:
         status, alone = post(url, body)
-        assert status == 200 and [len(jobs) for jobs in batches] == [1]   # it ran alone
+        assert status == 200 and {len(rows) for rows in steps} <= {1, 2}   # it ran alone
+        steps.clear()
         threads = [threading.Thread(target=ask, args=(i, b)) for i, b in enumerate([body] + others)]
         for t in threads:
             t.start()
@@ -140,9 +137,10 @@ def test_a_seeded_request_gives_the_same_answers_in_a_batch(ckpts, monkeypatch):
         srv.shutdown()
         srv.server_close()
     assert [status for status, _ in replies] == [200] * 5
-    assert len(batches) == 2 and len(batches[1]) == 5                     # one batch held all five
-    seeded = [job for job in batches[1] if job.generator is not None]
-    assert len(seeded) == 1 and seeded[0].context == batches[0][0].context and seeded[0].n == 2
+    seeded = {row.tag.job for rows in steps for row in rows if row.tag.job.seed is not None}
+    assert len(seeded) == 1
+    beside = [{row.tag.job for row in rows} for rows in steps if any(r.tag.job in seeded for r in rows)]
+    assert max(len(jobs) for jobs in beside) >= 3                         # it shared steps with others
     assert replies[0][1]["choices"] == alone["choices"] and len(alone["choices"]) == 2
 
 
@@ -266,9 +264,15 @@ def test_conversations_follow_the_context_rule(server, ckpts, tiny_tok):
 
 def scripted(ids):
     """A stand-in for GPT._decode that writes `ids` in every row."""
-    def decode(prompts, max_new_tokens, **kwargs):
-        for t in ids[:max_new_tokens]:
-            yield torch.full((len(prompts),), t), torch.zeros(len(prompts)), torch.ones(len(prompts), dtype=torch.bool)
+    def decode(queue, max_batch, stop_token=None, **kwargs):
+        rows = [queue.popleft() for _ in range(len(queue))]
+        for k, t in enumerate(ids):
+            rows = [r for r in rows if not r.cancelled and k < r.max_new_tokens]
+            if not rows:
+                return
+            ended = torch.tensor([k + 1 == r.max_new_tokens or t == stop_token for r in rows])
+            yield rows, torch.full((len(rows),), t), torch.zeros(len(rows)), ended
+            rows = [r for r, e in zip(rows, ended) if not e]
     return decode
 
 
@@ -324,29 +328,29 @@ def read_stream(port, body, leave_after=None):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Record each batch GPT._decode runs: [rows, steps taken]; steps take at least `delay` seconds."""
-    batches, decode, delay = [], GPT._decode, [0.0]
+    """Record each step GPT._decode takes, as the list of rows that drew a token in it; a step takes at
+    least `delay` seconds."""
+    steps, decode, delay = [], GPT._decode, [0.0]
 
-    def recording(self, prompts, *args, **kwargs):
-        batches.append([len(prompts), 0])
-        for step in decode(self, prompts, *args, **kwargs):
-            batches[-1][1] += 1
+    def recording(self, *args, **kwargs):
+        for step in decode(self, *args, **kwargs):
+            steps.append(list(step[0]))
             time.sleep(delay[0])
             yield step
     monkeypatch.setattr(GPT, "_decode", recording)
-    return batches, delay
+    return steps, delay
 
 
 def test_16_clients_at_once_some_leaving(ckpts, tiny_tok, recorded, capsys):
-    """16 streams start together and run as one batch; 4 clients drop mid-stream; the 12 others get exactly what
-    the model says for their prompt, well-formed to the end, and the server stays up."""
-    batches, delay = recorded
+    """16 streams start together and share the batch's steps; 4 clients drop mid-stream; the 12 others get exactly
+    what the model says for their prompt, well-formed to the end, and the server stays up."""
+    steps, delay = recorded
     delay[0] = 0.01   # so that the leaving clients leave while the batch still runs
     prompts = [f"Tell me about the army, part {i}." for i in range(16)]
     want = [greedy(ckpts["sft"], encode_prompt(tiny_tok, p), 24) for p in prompts]
     assert len({text for text, _, _ in want}) > 8 and {finish for _, _, finish in want} == {"stop", "length"}
-    batches.clear()
-    srv = start(ckpts, gather=1, max_batch=16)   # the batch starts once all 16 wait
+    steps.clear()
+    srv = start(ckpts, max_batch=16)
     results, go = [None] * 16, threading.Barrier(16)
 
     def one(i):
@@ -363,7 +367,7 @@ def test_16_clients_at_once_some_leaving(ckpts, tiny_tok, recorded, capsys):
         for i, (text, _, finish) in enumerate(want):
             if i % 4 != 3:
                 assert results[i] == ({0: text}, {0: finish}, True), i
-        assert max(rows for rows, _ in batches) == 16                   # one batch held them all
+        assert max(len({row.tag.job for row in rows}) for rows in steps) >= 12   # they ran together
         status, reply = post(srv.url + "/v1/chat/completions", {"messages": M, "max_tokens": 3})
         assert status == 200 and reply["choices"][0]["finish_reason"] in ("stop", "length")
     finally:
@@ -373,18 +377,18 @@ def test_16_clients_at_once_some_leaving(ckpts, tiny_tok, recorded, capsys):
 
 
 def test_a_client_that_leaves_frees_its_rows(ckpts, tiny_tok, recorded, capsys):
-    batches, delay = recorded
+    steps, delay = recorded
     delay[0] = 0.02
     text, tokens, _ = greedy(ckpts["ppo"], encode_prompt(tiny_tok, PROMPT), 30)
     assert tokens == 30                                                  # alone, it would write 30 tokens
-    batches.clear()
+    steps.clear()
     srv = start(ckpts)
     try:
         body = {"model": "ppo", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0,
                 "max_tokens": 30, "stream": True}
         assert read_stream(srv.server_address[1], body, leave_after=1) is None
         time.sleep(0.5)
-        assert len(batches) == 1 and batches[0][1] < 15                 # the batch stopped soon after
+        assert 0 < len(steps) < 15                                       # its row stopped soon after
         assert read_stream(srv.server_address[1], body)[0] == {0: text}  # and the next one is whole
     finally:
         srv.shutdown()
@@ -423,7 +427,7 @@ def test_command_line(ckpts):
     (["--ckpt", "{ppo}", "--ckpt", "{tmp}/ppo.pt"], "--ckpt .*/ppo.pt: a model is already named 'ppo'"),
     (["--max-n", "9", "--max-batch", "4"], "--max-n 9: cannot be over --max-batch 4"),
     (["--max-tokens", "0"], "--max-tokens 0: must be >= 1"),
-    (["--gather", "-1"], "--gather -1.0: must be >= 0"),
+    (["--max-batch", "0"], "--max-batch 0: must be >= 1"),
     (["--port", "70000"], "--port 70000: must be in \\[0, 65535\\]"),
     (["--max-n", "0"], "--max-n 0: must be >= 1"),
     (["--ckpt", "{tmp}/rm.pt"], "--ckpt .*rm.pt: is a 'rm' checkpoint"),
@@ -445,19 +449,19 @@ def wait_for(done, timeout=30):
 
 
 def test_too_many_waiting_rows_get_a_429(ckpts, recorded, monkeypatch):
-    batches, delay = recorded
+    steps, delay = recorded
     delay[0] = 0.05
     monkeypatch.setattr(serve, "MAX_WAITING", 2)
-    srv = start(ckpts)
+    srv = start(ckpts, max_batch=1)   # one row at a time: the others wait
     replies = []
     ask = lambda body: replies.append(post(srv.url + "/v1/chat/completions", body))
     try:
         running = threading.Thread(target=ask, args=({"messages": M, "max_tokens": 30, "temperature": 0},))
         running.start()
-        wait_for(lambda: batches)                                     # it runs (30 steps of 50 ms)
+        wait_for(lambda: steps)                                       # it runs (30 steps of 50 ms)
         waiting = threading.Thread(target=ask, args=({"messages": M, "max_tokens": 2, "n": 2},))
         waiting.start()
-        wait_for(lambda: srv.models["ppo"][4].waiting)                # two rows wait: the most allowed
+        wait_for(lambda: len(srv.models["ppo"][4].queue) == 2)        # two rows wait: the most allowed
         with pytest.raises(openai.RateLimitError):
             client(srv).chat.completions.create(model="ppo", messages=M, max_tokens=2)
         running.join(60)
@@ -466,3 +470,32 @@ def test_too_many_waiting_rows_get_a_429(ckpts, recorded, monkeypatch):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_request_joins_the_running_batch(ckpts, recorded):
+    """A request that comes while another is being answered starts at the next step, beside it, and is
+    answered before it ends (continuous batching); its answer is the one it gets alone."""
+    steps, delay = recorded
+    delay[0] = 0.05
+    srv = start(ckpts)
+    url, replies = srv.url + "/v1/chat/completions", []
+    long = {"model": "ppo", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 30, "temperature": 0}
+    short = {"model": "ppo", "messages": M, "max_tokens": 3, "temperature": 0}
+    try:
+        status, alone = post(url, short)
+        assert status == 200
+        steps.clear()
+        running = threading.Thread(target=lambda: replies.append(post(url, long)))
+        running.start()
+        wait_for(lambda: len(steps) >= 3)                            # the long answer is under way
+        came = len(steps)
+        status, joined = post(url, short)
+        assert status == 200 and running.is_alive()                  # answered while the other goes on
+        running.join(60)
+        assert replies[0][0] == 200 and replies[0][1]["usage"]["completion_tokens"] == 30
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    first = next(i for i, rows in enumerate(steps) if len({row.tag.job for row in rows}) == 2)
+    assert came <= first <= came + 2                                 # it joined at once, beside the long one
+    assert joined["choices"][0]["message"] == alone["choices"][0]["message"]

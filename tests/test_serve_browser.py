@@ -24,9 +24,11 @@ def server(tmp_path, tiny_tok, monkeypatch):
     srv.contexts: the context of each row the server generated for."""
     contexts, decode = [], GPT._decode
 
-    def slow(self, prompts, *args, **kwargs):
-        contexts.extend(prompts)
-        for step in decode(self, prompts, *args, **kwargs):
+    def slow(self, *args, **kwargs):
+        seen = set()
+        for step in decode(self, *args, **kwargs):
+            contexts.extend(row.prompt for row in step[0] if id(row) not in seen)
+            seen.update(id(row) for row in step[0])
             time.sleep(0.02)
             yield step
     monkeypatch.setattr(GPT, "_decode", slow)
