@@ -57,7 +57,8 @@ def runs(model, prompts, end, batched):
     def sample(rows, stop, n_new=args.new_tokens):
         g = torch.Generator().manual_seed(0)
         if batched:   # the decoder takes a queue of rows and keeps B of them going
-            return model.generate(rows, n_new, stop_token=stop, generator=g, max_batch=args.batch)[0]
+            return model.generate(rows, n_new, stop_token=stop, generator=g,
+                                  max_batch=args.batch)[0]
         out = []      # the decoder takes a batch: batch after batch
         for i in range(0, len(rows), args.batch):
             out += model.generate(rows[i:i + args.batch], n_new, stop_token=stop, generator=g)[0]

@@ -1,14 +1,18 @@
 """Benchmark serve.py: total tokens/s and time to first token (TTFT) at 1, 4 and 16 concurrent clients, batched
-(serve.py's default) against serving the same requests one at a time (--max-batch 1), in the same run.
+(serve.py's default) against serving the same requests one at a time (--max-batch 1), in the same run; with
+--baseline DIR, also the batched server of another checkout (e.g. `git worktree add /tmp/old eb12b1e`).
 
 Both servers run as their own processes (python serve.py ...) on one checkpoint: --ckpt, or by default a random
 model of the default pretraining config (train_pretrain.PretrainConfig: 4 layers, d256, rotary, SwiGLU, block 256)
 with a 2,048-token BPE trained on the first MB of the corpus. Random weights cost what trained ones cost; they
 seldom write <|end|>, so most answers run to --max-tokens. Each client streams --requests requests one after
 another (the labeler's task prompts, temperature 1); tokens/s = all the answers' tokens / wall time, TTFT = from
-sending a request to its first piece of text. The servers take turns, so a busy machine slows both alike.
+sending a request to its first piece of text. With --arrival S each client waits a random 0..S seconds before
+each request, so that requests come at random times rather than all at once. The servers take turns, so a busy
+machine slows them alike.
 
     python bench/serve.py
+    python bench/serve.py --clients 1 16 --arrival 0.5 --baseline /tmp/old
     python bench/serve.py --ckpt out/sft.pt --clients 1 4 16 --requests 4 --max-tokens 64
 """
 import argparse
@@ -16,6 +20,7 @@ import gzip
 import http.client
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -42,9 +47,15 @@ parser.add_argument("--requests", type=int, default=4, help="requests each clien
 parser.add_argument("--max-tokens", type=int, default=64)
 parser.add_argument("--threads", type=int, default=2, help="torch threads of each server (OMP_NUM_THREADS)")
 parser.add_argument("--device", default="cpu")
+parser.add_argument("--arrival", type=float, default=0.0, help="each request waits a random 0..S seconds first")
+parser.add_argument("--baseline", help="another checkout whose serve.py to time too (batched)")
 args = parser.parse_args()
 if min(args.clients) < 1 or min(args.requests, args.max_tokens, args.threads) < 1:
     sys.exit("error: --clients, --requests, --max-tokens and --threads must be positive")
+if args.arrival < 0:
+    sys.exit(f"error: --arrival {args.arrival}: must be >= 0")
+if args.baseline and not (Path(args.baseline) / "serve.py").is_file():
+    sys.exit(f"error: --baseline {args.baseline}: has no serve.py")
 
 
 def random_checkpoint(folder):
@@ -58,8 +69,8 @@ def random_checkpoint(folder):
     return path
 
 
-def start_server(ckpt, max_batch):
-    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--ckpt", ckpt, "--port", "0", "--device",
+def start_server(ckpt, max_batch, root=ROOT):
+    proc = subprocess.Popen([sys.executable, str(Path(root) / "serve.py"), "--ckpt", ckpt, "--port", "0", "--device",
                              args.device, "--max-batch", str(max_batch), "--max-n", "1"],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     line = proc.stdout.readline()
@@ -95,7 +106,9 @@ def run(port, n_clients):
     results = [[] for _ in range(n_clients)]
 
     def client(c):
+        wait = random.Random(c)   # the same arrival times for every server
         for r in range(args.requests):
+            time.sleep(wait.uniform(0, args.arrival))
             results[c].append(ask(port, prompts[(c * args.requests + r) % len(prompts)]))
     threads = [threading.Thread(target=client, args=(c,)) for c in range(n_clients)]
     t0 = time.perf_counter()
@@ -111,6 +124,8 @@ def run(port, n_clients):
 with tempfile.TemporaryDirectory() as tmp:
     ckpt = args.ckpt or random_checkpoint(tmp)
     servers = {"one at a time": start_server(ckpt, 1), "batched": start_server(ckpt, max(args.clients))}
+    if args.baseline:
+        servers["baseline"] = start_server(ckpt, max(args.clients), args.baseline)
     try:
         for _, port in servers.values():
             ask(port, "Warm up.")
