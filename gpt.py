@@ -169,17 +169,19 @@ class Slots:
 
     def fill(self, at, rows, prompts, budget):
         """Rows with their (cropped) prompts and budgets take the slots `at` (B,)."""
-        width = max([int(budget.max())] + [len(r.uniforms) for r in rows if r.uniforms is not None])
+        width = int(budget.max())   # the draws a row may use: no more than its budget
         if width > self.uniforms.size(1):
             self.uniforms = F.pad(self.uniforms, (0, width - self.uniforms.size(1)))
         self.count[at], self.budget[at] = 0, budget
         device = self.count.device
         self.temperature[at] = torch.tensor([float(row.temperature) for row in rows], device=device)
         self.top_p[at] = torch.tensor([float(row.top_p) for row in rows], device=device)
-        for s, row, prompt in zip(at.tolist(), rows, prompts):
+        for s, row, prompt, n in zip(at.tolist(), rows, prompts, budget.tolist()):
             self.rows[s], self.seqs[s] = row, list(prompt)
+            assert row.uniforms is not None or row.temperature == 0, "a sampled row needs draws"
             if row.uniforms is not None:   # None: a greedy row, which draws nothing
-                self.uniforms[s, :len(row.uniforms)] = row.uniforms.to(device)
+                draws = row.uniforms[:n]
+                self.uniforms[s, :len(draws)] = draws.to(device)
 
 
 class CausalSelfAttention(nn.Module):
@@ -366,7 +368,7 @@ class GPT(nn.Module):
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             probs = sorted_logits.softmax(-1)
             # the mass before this token already reaches top_p (so the top token always stays)
-            drop = probs.cumsum(-1) - probs > top_p[:, None]
+            drop = (probs.cumsum(-1) - probs > top_p[:, None]) & (top_p < 1.0)[:, None]
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         logprobs = F.log_softmax(logits, dim=-1)
         cdf = logprobs.exp().cumsum(-1)
@@ -429,8 +431,8 @@ class GPT(nn.Module):
         rarely: at most log2(max_batch) times as a batch drains)."""
         live = [s for s, row in enumerate(slots.rows) if row is not None]
         n = len(slots.rows)
-        grow = min(max_batch, len(live) + len(queue))
-        if grow > n:
+        if len(live) + len(queue) > n:   # at least double, so that rows coming one by one
+            grow = min(max_batch, max(2 * n, len(live) + len(queue)))   # copy the cache rarely
             self._resize(slots, cache, live, grow, cache.max_len if cache else 0)
         elif not queue and len(live) <= n // 2:
             self._resize(slots, cache, live, len(live), cache.max_len if cache else 0)
@@ -455,6 +457,7 @@ class GPT(nn.Module):
             return
         prompts = [list(row.prompt)[-block_size:] for row in joining]
         assert all(prompts), "every prompt needs at least one token"
+        assert all(row.max_new_tokens >= 1 for row in joining), "a row draws at least one token"
         lens = torch.tensor([len(p) for p in prompts], device=device)
         budget = (block_size + 1 - lens).clamp(max=torch.tensor(
             [row.max_new_tokens for row in joining], device=device))
@@ -509,8 +512,10 @@ class GPT(nn.Module):
         greedy). Row i draws from row i of torch.rand(len(prompts), max_new_tokens, generator),
         so a torch.Generator makes samples reproducible, whatever max_batch (rows decoded at
         once; None: all). Call model.eval() first, or dropout is on."""
-        rows = rows_for(prompts, max_new_tokens, temperature, top_p, generator)
         tokens, logprobs = [[] for _ in prompts], [[] for _ in prompts]
+        if max_new_tokens < 1:
+            return tokens, logprobs
+        rows = rows_for(prompts, max_new_tokens, temperature, top_p, generator)
         for step_rows, token, logprob, _ in self._decode(deque(rows), max_batch, top_k,
                                                          stop_token, use_cache):
             for row, t, lp in zip(step_rows, token.tolist(), logprob.tolist()):

@@ -124,7 +124,10 @@ class Batcher:
             if len(self.queue) + job.n > MAX_WAITING:
                 return False
             generator = torch.Generator().manual_seed(job.seed) if own else self.generator
-            uniforms = torch.rand(job.n, job.max_tokens, generator=generator)
+            # a draw per token the row may write: max_tokens, or less where the context ends
+            block_size = self.model.config.block_size
+            room = block_size + 1 - min(len(job.context), block_size)
+            uniforms = torch.rand(job.n, min(job.max_tokens, room), generator=generator)
             self.queue.extend(Row(job.context, job.max_tokens, job.temperature, job.top_p,
                                   uniforms[i], tag=Choice(job, i, self.tok))
                               for i in range(job.n))

@@ -278,6 +278,7 @@ def test_generation_respects_block_size(pos, mlp):
     uncached, _ = model.generate(rows, 50, temperature=0, use_cache=False)
     assert uncached == toks
     assert model.generate([], 5) == ([], [])
+    assert model.generate(rows, 0) == ([[]] * 3, [[]] * 3)
 
 
 def test_flops_and_params():

@@ -499,3 +499,13 @@ def test_a_request_joins_the_running_batch(ckpts, recorded):
     first = next(i for i, rows in enumerate(steps) if len({row.tag.job for row in rows}) == 2)
     assert came <= first <= came + 2                                 # it joined at once, beside the long one
     assert joined["choices"][0]["message"] == alone["choices"][0]["message"]
+
+
+def test_a_huge_max_tokens_is_cut_to_the_context(server):
+    """max_tokens is a cap: a request may ask for 10**12 tokens and gets what the context holds, without the server
+    drawing (or storing) a random number per token asked for."""
+    status, reply = post(server.url + "/v1/chat/completions", {"model": "ppo", "messages": M, "max_tokens": 10 ** 12,
+                                                              "n": 8, "temperature": 1.5})
+    block = server.models["ppo"][0].config.block_size
+    assert status == 200 and len(reply["choices"]) == 8
+    assert 0 < reply["usage"]["completion_tokens"] <= 8 * block
