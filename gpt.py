@@ -78,6 +78,7 @@ class KVCache:
         self.max_len = max_len
         self.lens = torch.zeros(n_slots, dtype=torch.long, device=device)  # tokens per slot
         self.joining = None   # slots whose prompts the next forward pass stores, else None
+        self.width = 0        # the keys a new token attends to: the longest slot's, set per step
 
     def update(self, layer, k, v):
         """Store k, v (B,nh,T,hd); return the keys and values to attend to. Joining prompts
@@ -155,6 +156,13 @@ class Slots:
         self.temperature = torch.zeros(0, device=device)
         self.top_p = torch.zeros(0, device=device)
         self.uniforms = torch.zeros(0, 0, device=device)
+
+    def live(self):
+        """The slots that hold a row."""
+        return [s for s, row in enumerate(self.rows) if row is not None]
+
+    def free(self):
+        return [s for s, row in enumerate(self.rows) if row is None]
 
     def resize(self, keep, n):
         """Slots `keep` (a list) move to the front of n slots."""
@@ -405,7 +413,7 @@ class GPT(nn.Module):
             slots.rows = [None if row is None or row.cancelled else row for row in slots.rows]
             self._fit(slots, cache, queue, max_batch)
             self._admit(slots, cache, queue)
-            live = [s for s, row in enumerate(slots.rows) if row is not None]
+            live = slots.live()
             if not live:
                 return
             live = torch.tensor(live, device=device)
@@ -429,13 +437,13 @@ class GPT(nn.Module):
         """Resize the batch: grow it (to max_batch at most) while rows wait for a slot, shrink it
         to its live rows once none wait and half its slots are free (a copy of the cache, so
         rarely: at most log2(max_batch) times as a batch drains)."""
-        live = [s for s, row in enumerate(slots.rows) if row is not None]
-        n = len(slots.rows)
+        live, n = slots.live(), len(slots.rows)
+        max_len = cache.max_len if cache else 0
         if len(live) + len(queue) > n:   # at least double, so that rows coming one by one
             grow = min(max_batch, max(2 * n, len(live) + len(queue)))   # copy the cache rarely
-            self._resize(slots, cache, live, grow, cache.max_len if cache else 0)
+            self._resize(slots, cache, live, grow, max_len)
         elif not queue and len(live) <= n // 2:
-            self._resize(slots, cache, live, len(live), cache.max_len if cache else 0)
+            self._resize(slots, cache, live, len(live), max_len)
 
     @staticmethod
     def _resize(slots, cache, keep, n_slots, max_len):
@@ -449,7 +457,7 @@ class GPT(nn.Module):
         starts at position 0 of its slot (causal attention keeps the padding after them out),
         and give each row its first hidden state."""
         block_size, device = self.config.block_size, self.wte.weight.device
-        free = [s for s, row in enumerate(slots.rows) if row is None]
+        free = slots.free()
         if len(free) < len(slots.rows) / 8:   # wait for a few to run their prompts together
             return
         joining = [queue.popleft() for _ in range(min(len(free), len(queue)))]

@@ -124,10 +124,10 @@ class Batcher:
             if len(self.queue) + job.n > MAX_WAITING:
                 return False
             generator = torch.Generator().manual_seed(job.seed) if own else self.generator
-            # a draw per token the row may write: max_tokens, or less where the context ends
-            block_size = self.model.config.block_size
-            room = block_size + 1 - min(len(job.context), block_size)
-            uniforms = torch.rand(job.n, min(job.max_tokens, room), generator=generator)
+            # a draw per token a row may write: never more than the context (GPT._decode cuts
+            # max_tokens there, and uses no more draws)
+            draws = min(job.max_tokens, self.model.config.block_size)
+            uniforms = torch.rand(job.n, draws, generator=generator)
             self.queue.extend(Row(job.context, job.max_tokens, job.temperature, job.top_p,
                                   uniforms[i], tag=Choice(job, i, self.tok))
                               for i in range(job.n))

@@ -87,7 +87,7 @@ def main():
     ctx = autocast("cpu")
     with ctx, torch.no_grad():
         todo = {"forward": forward_run(model, prompts, end)}
-        todo.update({name: f for name, f in runs(model, prompts, end, True).items()})
+        todo.update(runs(model, prompts, end, True))
         if args.baseline:
             old = baseline_model(args.baseline, model)
             todo.update({f"{name} (baseline)": f for name, f in
